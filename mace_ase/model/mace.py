@@ -1,0 +1,292 @@
+"""MACE (Batatia et al., arXiv 2206.07697) as pure functions over a params pytree.
+
+Node features are dicts ``{Irrep: array[N, C, 2l+1]}``, one entry per irrep,
+all with the same channel count C, in a fixed irrep order. Every equivariant
+linear map then acts on the channel axis only, one matrix per irrep.
+
+The numerics follow mlip's v1 MACE (``mlip.models_v1.mace``) exactly, so that
+its published weights load and give the same numbers:
+  * linear layers and the species-indexed "tensor products" are
+    path-normalised: y = x @ W / sqrt(fan_in);
+  * the radial MLP and the readout use e3nn's second-moment-normalised
+    activations, edge directions enter as real spherical harmonics with
+    "component" normalisation, Clebsch-Gordan paths are scaled by sqrt(2l+1);
+  * messages run sender -> receiver along r = x_sender - x_receiver (mlip v1
+    flips the sign of ASE's vector; only odd harmonics notice).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import MaceConfig
+from .graph import Graph, edge_vectors
+from .radial import radial_embedding, safe_norm
+
+Params = dict[str, Any]
+Features = dict[e3nn.Irrep, jax.Array]
+
+ACTIVATION_FUNCTIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jax.nn.tanh,
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "sigmoid": jax.nn.sigmoid,
+    "none": lambda x: x,
+}
+
+
+# --------------------------------------------------------------------------
+# Irreps bookkeeping (all static, evaluated at trace time)
+# --------------------------------------------------------------------------
+
+
+def interaction_irreps(config: MaceConfig) -> tuple[e3nn.Irrep, ...]:
+    """Irreps of the aggregated messages (input of the product basis)."""
+    return tuple(ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max))
+
+
+def node_irreps(config: MaceConfig, layer: int) -> tuple[e3nn.Irrep, ...]:
+    """Irreps of the node features leaving `layer` (the last layer keeps scalars)."""
+    if layer == config.num_layers - 1:
+        return (e3nn.Irrep("0e"),)
+    return tuple(ir for _, ir in e3nn.Irreps.spherical_harmonics(config.node_symmetry))
+
+
+def input_irreps(config: MaceConfig, layer: int) -> tuple[e3nn.Irrep, ...]:
+    """Irreps of the node features entering `layer`."""
+    return (e3nn.Irrep("0e"),) if layer == 0 else node_irreps(config, layer - 1)
+
+
+def edge_harmonics_irreps(config: MaceConfig) -> tuple[e3nn.Irrep, ...]:
+    return tuple(e3nn.Irrep(l, (-1) ** l) for l in range(1, config.l_max + 1))
+
+
+@functools.lru_cache(maxsize=None)
+def message_paths(config: MaceConfig, layer: int) -> dict[e3nn.Irrep, tuple]:
+    """For each message irrep, its ordered list of paths.
+
+    A path is ``("self",)`` (the sender feature passed through) or
+    ``(ir_in, ir_sh)`` (sender feature x edge harmonic coupled to ir_out).
+    The order is mlip's: self first, then (ir_in, ir_sh) in loop order; the
+    irrep blocks themselves are sorted.
+    """
+    targets = interaction_irreps(config)
+    sources = sorted(input_irreps(config, layer))
+    paths: dict[e3nn.Irrep, list] = {}
+    for ir in sources:
+        if ir in targets:
+            paths.setdefault(ir, []).append(("self",))
+    for ir_in in sources:
+        for ir_sh in edge_harmonics_irreps(config):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in targets:
+                    paths.setdefault(ir_out, []).append((ir_in, ir_sh))
+    return {ir: tuple(paths[ir]) for ir in sorted(paths)}
+
+
+def num_message_weights(config: MaceConfig, layer: int) -> int:
+    return config.num_channels * sum(len(p) for p in message_paths(config, layer).values())
+
+
+@functools.lru_cache(maxsize=None)
+def product_basis(config: MaceConfig, order: int, keep: tuple[e3nn.Irrep, ...]):
+    """Coupling tensors U[j1..j_order, k, i] of the ACE product, per output irrep."""
+    irreps = e3nn.Irreps([(1, ir) for ir in interaction_irreps(config)])
+    keep_ir = e3nn.Irreps([(1, ir) for ir in keep])
+    if config.symmetric_tensor_product_basis:
+        basis = e3nn.reduced_symmetric_tensor_product_basis(irreps, order, keep_ir=keep_ir)
+    else:
+        basis = e3nn.reduced_tensor_product_basis([irreps] * order, keep_ir=keep_ir)
+    return [(ir, mul, np.asarray(chunk)) for (mul, ir), chunk in zip(basis.irreps, basis.chunks)]
+
+
+def product_keep(config: MaceConfig, layer: int) -> tuple[e3nn.Irrep, ...]:
+    return node_irreps(config, layer)
+
+
+def activation(config: MaceConfig):
+    return e3nn.normalize_function(ACTIVATION_FUNCTIONS[config.activation])
+
+
+@functools.lru_cache(maxsize=None)
+def _clebsch_gordan(ir_in: e3nn.Irrep, ir_sh: e3nn.Irrep, ir_out: e3nn.Irrep) -> np.ndarray:
+    # "component" normalisation: each output component has unit second moment.
+    return np.asarray(e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)) * math.sqrt(ir_out.dim)
+
+
+# --------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------
+
+
+def linear(weights: dict[str, jax.Array], x: Features, irreps_out) -> Features:
+    """Equivariant linear map, one [C_in, C_out] matrix per irrep, path-normalised."""
+    out = {}
+    for ir in irreps_out:
+        w = weights.get(str(ir))
+        if w is not None and ir in x:
+            out[ir] = jnp.einsum("ncd,ck->nkd", x[ir], w.astype(x[ir].dtype)) / math.sqrt(w.shape[0])
+    return out
+
+
+def species_linear(weights: dict[str, jax.Array], x: Features, species, num_species: int) -> Features:
+    """Linear map whose weights depend on the node's element.
+
+    mlip writes this as a fully connected tensor product with the one-hot
+    species vector; with a one-hot input it reduces to picking W[:, species, :].
+    """
+    out = {}
+    for ir in x:
+        w = weights.get(str(ir))
+        if w is None:
+            continue
+        w_node = jnp.take(w.astype(x[ir].dtype), species, axis=1)  # [C_in, N, C_out]
+        norm = 1.0 / math.sqrt(w.shape[0] * num_species)
+        out[ir] = norm * jnp.einsum("ncd,cnk->nkd", x[ir], w_node)
+    return out
+
+
+def radial_mlp(weights: list[jax.Array], x: jax.Array, act) -> jax.Array:
+    """Bias-free MLP with explicit 1/sqrt(fan_in) scaling and no output activation."""
+    for i, w in enumerate(weights):
+        x = x @ w.astype(x.dtype) / math.sqrt(w.shape[0])
+        if i < len(weights) - 1:
+            x = act(x)
+    return x
+
+
+def spherical_harmonics(vectors: jax.Array, irreps) -> dict[e3nn.Irrep, jax.Array]:
+    sh = e3nn.spherical_harmonics(e3nn.Irreps([(1, ir) for ir in irreps]), vectors, normalize=True, normalization="component")
+    return {ir: chunk[..., 0, :] for ir, chunk in zip(irreps, sh.chunks)}
+
+
+def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Features, vectors, lengths, graph: Graph) -> Features:
+    """Equivariant message passing: A_i = sum_j R(r_ij) (x_j (x) Y(r_ij)) / avg_num_neighbors."""
+    x = linear(layer_params["linear_up"], x, list(x))
+    paths = message_paths(config, layer)
+    harmonics = spherical_harmonics(vectors, edge_harmonics_irreps(config))
+    radial = radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
+    mix = radial_mlp(layer_params["radial_mlp"], radial, activation(config))
+    mix = mix * graph.edge_mask[:, None]  # padding edges carry nothing
+
+    C = config.num_channels
+    num_nodes = graph.positions.shape[0]
+    sender_x = {ir: v[graph.senders] for ir, v in x.items()}  # [E, C, d]
+    aggregated = {}
+    offset = 0
+    for ir_out, ir_paths in paths.items():
+        blocks = []
+        for path in ir_paths:
+            if len(path) == 1:  # the ("self",) path
+                blocks.append(sender_x[ir_out])
+            else:
+                ir_in, ir_sh = path
+                cg = _clebsch_gordan(ir_in, ir_sh, ir_out).astype(lengths.dtype)
+                blocks.append(jnp.einsum("eci,ej,ijk->eck", sender_x[ir_in], harmonics[ir_sh], cg))
+        messages = jnp.stack(blocks, axis=1)  # [E, P, C, d]
+        weights = mix[:, offset : offset + len(ir_paths) * C].reshape(-1, len(ir_paths), C)
+        offset += len(ir_paths) * C
+        messages = messages * weights[..., None]
+        summed = jax.ops.segment_sum(messages, graph.receivers, num_segments=num_nodes)
+        aggregated[ir_out] = summed.reshape(num_nodes, len(ir_paths) * C, ir_out.dim) / config.avg_num_neighbors
+    return linear(layer_params["linear_down"], aggregated, interaction_irreps(config))
+
+
+def symmetric_contraction(weights: dict[str, jax.Array], config: MaceConfig, layer: int, x: Features, species) -> Features:
+    """ACE product basis: B = sum_nu W_nu[species] . U_nu . x^(x nu), channel-wise."""
+    keep = product_keep(config, layer)
+    xs = jnp.concatenate([x[ir] for ir in interaction_irreps(config)], axis=-1)  # [N, C, D]
+    out: dict[e3nn.Irrep, jax.Array] = {}
+    for order in range(config.correlation, 0, -1):
+        started = set()
+        for ir, _, u in product_basis(config, order, keep):
+            u = jnp.asarray(u, dtype=xs.dtype)  # [D]*order + [K, d]
+            w = jnp.take(weights[f"w{order}_{ir}"].astype(xs.dtype), species, axis=0)  # [N, K, C]
+            if ir not in out:
+                # The highest order of this irrep: contract one x right away.
+                out[ir] = jnp.einsum("...jki,nkc,ncj->nc...i", u, w, xs)
+                started.add(ir)
+            else:
+                out[ir] = out[ir] + jnp.einsum("...ki,nkc->nc...i", u, w)
+        # Horner step: ((w3 x + w2) x + w1) x, one power of x per order.
+        for ir in out:
+            if ir not in started:
+                out[ir] = jnp.einsum("nc...ji,ncj->nc...i", out[ir], xs)
+    return {ir: out[ir] for ir in sorted(out)}
+
+
+def readout(head_params: Params, config: MaceConfig, x: Features, last: bool) -> jax.Array:
+    """Per-node scalar energy contribution of one head."""
+    scalar = e3nn.Irrep("0e")
+    if not last:
+        return linear(head_params, x, [scalar])[scalar][:, 0, 0]
+    hidden = linear(head_params["hidden"], x, [scalar])[scalar]  # [N, H, 1]
+    hidden = activation(config)(hidden)
+    return linear(head_params["output"], {scalar: hidden}, [scalar])[scalar][:, 0, 0]
+
+
+# --------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------
+
+
+def node_features(params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None):
+    """Run the layers; returns (per-layer node features, per-layer per-head energies [N, L, H])."""
+    positions = graph.positions if positions is None else positions
+    cells = graph.cells if cells is None else cells
+    dtype = positions.dtype
+    species = graph.species
+
+    # mlip v1 sends r = x_sender - x_receiver (the negative of ASE's vector).
+    vectors = -edge_vectors(positions, cells, graph)
+    # Padding edges get a harmless unit vector, so no NaN leaks into gradients.
+    vectors = jnp.where(graph.edge_mask[:, None], vectors, jnp.array([1.0, 0.0, 0.0], dtype))
+    lengths = jnp.where(graph.edge_mask, safe_norm(vectors), 0.0)
+
+    embedding = params["embedding"].astype(dtype) / math.sqrt(config.num_species)
+    x: Features = {e3nn.Irrep("0e"): jnp.take(embedding, species, axis=0)[:, :, None]}
+
+    all_features, energies = [], []
+    for layer, layer_params in enumerate(params["layers"]):
+        last = layer == config.num_layers - 1
+        residual = None
+        if layer > 0:
+            residual = species_linear(layer_params["skip"], x, species, config.num_species)
+        x = interaction(layer_params, config, layer, x, vectors, lengths, graph)
+        if layer == 0:
+            x = species_linear(layer_params["selector"], x, species, config.num_species)
+        x = symmetric_contraction(layer_params["product"], config, layer, x, species)
+        x = linear(layer_params["product_linear"], x, node_irreps(config, layer))
+        if residual is not None:
+            x = {ir: v + residual[ir] if ir in residual else v for ir, v in x.items()}
+        energies.append(jnp.stack([readout(h, config, x, last) for h in layer_params["readout"]], axis=-1))
+        all_features.append(x)
+    return all_features, jnp.stack(energies, axis=1)
+
+
+def node_energies(params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None) -> jax.Array:
+    """Per-atom energies in eV, [N]; zero on padding nodes.
+
+    E_i = E0[Z_i] + mean + std * sum_{layers, heads} readout_i.
+    """
+    _, contributions = node_features(params, config, graph, positions, cells)
+    interaction_energy = jnp.sum(contributions, axis=(1, 2))
+    e0 = jnp.asarray(config.atomic_energies, dtype=interaction_energy.dtype)[graph.species]
+    energy = e0 + config.scaling_mean + config.scaling_std * interaction_energy
+    return jnp.where(graph.node_mask, energy, 0.0)
+
+
+def invariant_descriptors(params: Params, config: MaceConfig, graph: Graph) -> jax.Array:
+    """Scalar (0e) node features of every layer, concatenated: [N, L * C]."""
+    features, _ = node_features(params, config, graph)
+    scalar = e3nn.Irrep("0e")
+    return jnp.concatenate([f[scalar][:, :, 0] for f in features], axis=-1)
