@@ -1,0 +1,1 @@
+"""Training MACE with the mace-organics recipe."""
