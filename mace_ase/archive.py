@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .model.config import MaceConfig, UnsupportedConfigError
+from .errors import ArchiveError, UnsupportedConfigError
+from .model.config import MaceConfig
 from .model.params import MLIP_PREFIX, params_from_flat, params_to_flat
 
 HYPERPARAMS = "hyperparams.json"
@@ -28,8 +29,6 @@ METADATA = "mace_ase.json"
 MLIP_VERSION_WRITTEN = "0.2.5"
 
 
-class ArchiveError(ValueError):
-    """An archive that cannot be read: missing, truncated, corrupt or malformed."""
 
 
 @dataclass

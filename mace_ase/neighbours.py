@@ -15,11 +15,10 @@ from typing import Sequence
 import numpy as np
 from matscipy.neighbours import neighbour_list
 
+from .errors import UnknownElementError
 from .model.graph import Graph
 
 
-class UnknownElementError(ValueError):
-    """The structure contains an element that the model was not trained on."""
 
 
 @dataclass(frozen=True)

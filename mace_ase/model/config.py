@@ -12,12 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..errors import UnsupportedConfigError  # re-exported by mace_ase.model
+
 ACTIVATIONS = ("silu", "swish", "tanh", "relu", "elu", "sigmoid", "none")
 RADIAL_ENVELOPES = ("polynomial_envelope", "soft_envelope")
-
-
-class UnsupportedConfigError(ValueError):
-    """A model configuration that mace-ase cannot evaluate faithfully."""
 
 
 @dataclass(frozen=True)
