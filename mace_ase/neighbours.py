@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from matscipy.neighbours import neighbour_list
 
-from .errors import UnknownElementError
+from .errors import InvalidStructureError, UnknownElementError
 from .model.graph import Graph
 
 
@@ -164,3 +164,87 @@ def structure_from_atoms(atoms, atomic_numbers: Sequence[int], cutoff: float) ->
     cell = np.asarray(atoms.cell.array, dtype=float)
     edges = neighbour_edges(positions, cell, atoms.pbc, cutoff)
     return Structure(positions, species, cell, edges)
+
+
+# --------------------------------------------------------------------------
+# Input checks and the Verlet (skin) list
+# --------------------------------------------------------------------------
+
+# Two atoms closer than this are "at the same position": no physical input
+# gets there, and the edge direction (hence every l > 0 feature) is undefined.
+MIN_DISTANCE = 1e-3  # Å
+
+
+def check_structure(positions, cell, pbc) -> None:
+    """Refuse what the model cannot evaluate, before any neighbour or JAX work."""
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape[0] == 0:
+        raise InvalidStructureError("the structure is empty (0 atoms)")
+    bad = ~np.isfinite(positions).all(axis=1)
+    if bad.any():
+        raise InvalidStructureError(
+            f"non-finite (NaN or inf) positions for atom(s) {', '.join(map(str, np.flatnonzero(bad)[:10]))}"
+        )
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if pbc.any():
+        periodic = np.asarray(cell, dtype=float).reshape(3, 3)[pbc]
+        if not np.isfinite(periodic).all():
+            raise InvalidStructureError("the cell has non-finite (NaN or inf) entries")
+        # Volume (area, length) spanned by the periodic lattice vectors.
+        measure = math.sqrt(max(np.linalg.det(periodic @ periodic.T), 0.0))
+        lengths = np.linalg.norm(periodic, axis=1)
+        if measure <= 1e-6 * max(1.0, float(np.prod(lengths))) or (lengths < MIN_DISTANCE).any():
+            raise InvalidStructureError(
+                f"the cell is degenerate along its periodic direction(s) {np.flatnonzero(pbc).tolist()} "
+                f"(lattice vectors {np.round(periodic, 6).tolist()} span zero volume); "
+                "give a proper cell or set pbc=False there"
+            )
+
+
+def edge_lengths(positions: np.ndarray, cell: np.ndarray, edges: Edges) -> np.ndarray:
+    """|r_ij| for every edge, on the host (cheap NumPy)."""
+    vectors = positions[edges.receivers] - positions[edges.senders] + edges.shifts @ cell
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+
+
+def check_overlaps(lengths: np.ndarray, edges: Edges, min_distance: float = MIN_DISTANCE) -> None:
+    """Two atoms (or an atom and a periodic image) closer than `min_distance` are refused by name."""
+    close = lengths < min_distance
+    if close.any():
+        k = int(np.flatnonzero(close)[0])
+        raise InvalidStructureError(
+            f"atoms {edges.senders[k]} and {edges.receivers[k]} are {lengths[k]:.2e} Å apart "
+            f"(closer than {min_distance} Å): two atoms at the same position"
+        )
+
+
+class VerletList:
+    """A neighbour list at cutoff + skin, reused while it still holds every pair within cutoff.
+
+    Reuse is exact as long as no atom moved more than skin / 2 since the list
+    was built (two atoms then approached by less than skin) and the cell,
+    atomic numbers and pbc are unchanged. Pairs that are listed but lie beyond
+    the cutoff must be masked by the caller (the calculator does it on device).
+    skin = 0 rebuilds whenever anything moved.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 0.5):
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.builds = 0
+        self._key = None
+        self._reference = None
+        self.edges: Edges | None = None
+
+    def update(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, numbers: np.ndarray) -> tuple[Edges, bool]:
+        """The edges for these positions; the flag says whether the list was rebuilt."""
+        key = (np.asarray(cell, float).tobytes(), np.asarray(pbc, bool).tobytes(), np.asarray(numbers).tobytes())
+        if self._key == key and self._reference.shape == positions.shape:
+            moved = np.max(np.sum((positions - self._reference) ** 2, axis=1))
+            if moved <= (0.5 * self.skin) ** 2:
+                return self.edges, False
+        self.edges = neighbour_edges(positions, cell, pbc, self.cutoff + self.skin)
+        self._key, self._reference = key, positions.copy()
+        self.builds += 1
+        return self.edges, True
