@@ -30,7 +30,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .errors import InvalidStructureError
+from .errors import InvalidStructureError, MaceAseError
 from .model import energy_forces_stress, node_energies, node_features
 from .model.graph import Graph, edge_vectors
 from .neighbours import (
@@ -247,7 +247,12 @@ class MaceCalculator(Calculator):
                     raise InvalidStructureError(
                         f"stress needs fully periodic cells; structure {k} has pbc={atoms.pbc.tolist()}"
                     )
-        structures = [self._structure(atoms, verlet=False) for atoms in atoms_list]
+        structures = []
+        for k, atoms in enumerate(atoms_list):
+            try:
+                structures.append(self._structure(atoms, verlet=False))
+            except MaceAseError as error:  # say which structure, keep the error's class
+                raise type(error)(f"structure {k}: {error}") from None
         graph = self._pad(structures, "batch")
         out = self._run(self._evaluate[compute_stress], graph)
         results, start = [], 0
