@@ -134,6 +134,7 @@ class MaceCalculator(Calculator):
             )
             return fn(params, graph)
 
+        traced.__name__ = getattr(fn, "__name__", "model")  # names the jit (logs, cache files)
         return traced
 
     # ------------------------------------------------------- jitted bodies

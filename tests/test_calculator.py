@@ -3,6 +3,7 @@ fixed shapes, batch, Hessian, descriptors, and the ASE plugin."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
-from conftest import small_model
+from conftest import REPO, small_model
 
 from mace_ase.calculator import MaceCalculator
 from mace_ase.model import energy_forces_stress, single_graph
@@ -258,3 +259,20 @@ def test_ase_plugin_lists_the_calculator():
     listing = subprocess.run([sys.executable, "-m", "ase", "info", "--plugins"], capture_output=True, text=True,
                              check=True).stdout
     assert "MaceCalculator" in listing and "mace_ase" in listing
+
+
+def test_persistent_compilation_cache_option_writes_the_cache(tmp_path):
+    """compilation_cache= hands the directory to JAX (run in a subprocess: JAX's cache is process-global)."""
+    script = f"""
+import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+from ase.build import molecule
+from conftest import small_model
+from mace_ase.calculator import MaceCalculator
+calc = MaceCalculator(small_model(), compilation_cache={str(tmp_path)!r})
+calc.get_potential_energy(molecule("CH4"))
+print(calc.compile_count)
+"""
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == "1"
+    assert any("energy_forces" in p.name for p in tmp_path.iterdir())
