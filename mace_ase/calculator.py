@@ -93,6 +93,12 @@ class MaceCalculator(Calculator):
             jax.config.update("jax_compilation_cache_dir", os.fspath(compilation_cache))
         self.model = load_model(model, accept_license=accept_license)
         self.config = self.model.config
+        # The per-atom constants E0[Z] + scaling_mean (often ~1e3 eV) are added on the host in
+        # float64: summed in float32 on the device they would cost ~1e-3 eV of total-energy precision.
+        self._device_config = self.config.replace(
+            atomic_energies=(0.0,) * self.config.num_species, scaling_mean=0.0
+        )
+        self._reference_energies = np.asarray(self.config.atomic_energies, float) + self.config.scaling_mean
         self.cutoff = float(self.model.cutoff)
         self.min_distance = float(min_distance)
         self.neighbours = VerletList(self.cutoff, skin)
@@ -140,7 +146,7 @@ class MaceCalculator(Calculator):
     # ------------------------------------------------------- jitted bodies
 
     def _energy_forces(self, compute_stress: bool):
-        config, cutoff = self.config, self.cutoff
+        config, cutoff = self._device_config, self.cutoff
 
         def energy_forces(params, graph):
             return energy_forces_stress(params, config, _within_cutoff(graph, cutoff), compute_stress)
@@ -152,12 +158,12 @@ class MaceCalculator(Calculator):
         graph = _within_cutoff(graph, self.cutoff)
 
         def energy(positions):
-            return jnp.sum(node_energies(params, self.config, graph, positions, graph.cells))
+            return jnp.sum(node_energies(params, self._device_config, graph, positions, graph.cells))
 
         return jax.hessian(energy)(graph.positions)  # [N, 3, N, 3]
 
     def _node_features(self, params, graph):
-        features, _ = node_features(params, self.config, _within_cutoff(graph, self.cutoff))
+        features, _ = node_features(params, self._device_config, _within_cutoff(graph, self.cutoff))
         return [{str(ir): v for ir, v in layer.items()} for layer in features]
 
     # ------------------------------------------------------------- helpers
@@ -200,6 +206,25 @@ class MaceCalculator(Calculator):
         self.timings["calls"] += 1
         return out
 
+    def _results(self, out: dict, structures: Sequence[Structure], stress: bool) -> list[dict]:
+        """Device output -> one ASE results dict per structure, reference energies added in float64."""
+        results, start = [], 0
+        for g, structure in enumerate(structures):
+            nodes = slice(start, start + structure.num_nodes)
+            start += structure.num_nodes
+            energies = np.asarray(out["energies"][nodes], float) + self._reference_energies[structure.species]
+            energy = float(energies.sum())
+            result = {
+                "energy": energy,
+                "free_energy": energy,
+                "energies": energies,
+                "forces": np.array(out["forces"][nodes], dtype=float),
+            }
+            if stress:
+                result["stress"] = full_3x3_to_voigt_6_stress(np.array(out["stress"][g], dtype=float))
+            results.append(result)
+        return results
+
     def _atoms(self, atoms):
         if atoms is None:
             atoms = self.atoms
@@ -221,16 +246,7 @@ class MaceCalculator(Calculator):
         graph = self._pad([structure], "single")
         # Periodic systems always get the stress: one compiled program per run, not two.
         out = self._run(self._evaluate[periodic], graph)
-        n = len(atoms)
-        energy = float(out["energy"][0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": np.array(out["energies"][:n], dtype=float),
-            "forces": np.array(out["forces"][:n], dtype=float),
-        }
-        if periodic:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(np.array(out["stress"][0], dtype=float))
+        self.results = self._results(out, [structure], periodic)[0]
 
     def calculate_batch(self, atoms_list: Sequence, properties: Sequence[str] = ("energy", "forces")) -> list[dict]:
         """Evaluate many structures in one compiled call; a list of result dicts (as ``calc.results``).
@@ -256,21 +272,7 @@ class MaceCalculator(Calculator):
                 raise type(error)(f"structure {k}: {error}") from None
         graph = self._pad(structures, "batch")
         out = self._run(self._evaluate[compute_stress], graph)
-        results, start = [], 0
-        for g, structure in enumerate(structures):
-            atoms_slice = slice(start, start + structure.num_nodes)
-            start += structure.num_nodes
-            energy = float(out["energy"][g])
-            result = {
-                "energy": energy,
-                "free_energy": energy,
-                "energies": np.array(out["energies"][atoms_slice], dtype=float),
-                "forces": np.array(out["forces"][atoms_slice], dtype=float),
-            }
-            if compute_stress:
-                result["stress"] = full_3x3_to_voigt_6_stress(np.array(out["stress"][g], dtype=float))
-            results.append(result)
-        return results
+        return self._results(out, structures, compute_stress)
 
     def get_hessian(self, atoms=None) -> np.ndarray:
         """d^2E / dx_i dx_j as a [3N, 3N] array in eV/Å^2 (autodiff, exact for the model)."""
