@@ -182,7 +182,9 @@ class MaceCalculator(Calculator):
             edges = neighbour_edges(positions, cell, pbc, self.cutoff)
         check_overlaps(edge_lengths(positions, cell, edges), edges, self.min_distance)
         self.timings["neighbours"] += time.perf_counter() - start
-        return Structure(positions, species, cell, edges)
+        # E, F, stress and Hessian are translation invariant; centring keeps float32 edge
+        # vectors accurate for molecules far from the origin.
+        return Structure(positions - positions.mean(axis=0), species, cell, edges)
 
     def _pad(self, structures: Sequence[Structure], purpose: str) -> Graph:
         """One padded graph at this purpose's capacities (grown when needed, never shrunk)."""

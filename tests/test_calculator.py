@@ -119,6 +119,8 @@ def test_float32_close_to_float64(smooth_model, aspirin):
     atoms32.calc = MaceCalculator(smooth_model, dtype="float32")
     assert atoms32.get_potential_energy() == pytest.approx(aspirin.get_potential_energy(), abs=2e-4)
     np.testing.assert_allclose(atoms32.get_forces(), aspirin.get_forces(), atol=2e-4)
+    atoms32.translate((1e4, -2e4, 5e3))  # float32 spacing is ~1e-3 Å out there
+    np.testing.assert_allclose(atoms32.get_forces(), aspirin.get_forces(), atol=2e-4)
 
 
 def test_isolated_atom_is_its_reference_energy(smooth_model):
