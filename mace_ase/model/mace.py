@@ -169,35 +169,118 @@ def spherical_harmonics(vectors: jax.Array, irreps) -> dict[e3nn.Irrep, jax.Arra
     return {ir: chunk[..., 0, :] for ir, chunk in zip(irreps, sh.chunks)}
 
 
-def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Features, vectors, lengths, graph: Graph) -> Features:
-    """Equivariant message passing: A_i = sum_j R(r_ij) (x_j (x) Y(r_ij)) / avg_num_neighbors."""
-    x = linear(layer_params["linear_up"], x, list(x))
-    paths = message_paths(config, layer)
-    harmonics = spherical_harmonics(vectors, edge_harmonics_irreps(config))
-    radial = radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
-    mix = radial_mlp(layer_params["radial_mlp"], radial, activation(config))
-    mix = mix * graph.edge_mask[:, None]  # padding edges carry nothing
+@functools.lru_cache(maxsize=None)
+def message_plan(config: MaceConfig, layer: int):
+    """Static tables that turn the edge tensor product into two small contractions.
 
+    For each sender irrep ir_in, ``coupling[i, j, s]`` maps (sender component i,
+    edge harmonic j over 0e + 1o + ... + l_max) to every output slot s of every
+    path that starts at ir_in: a Clebsch-Gordan block, or the identity (through
+    Y_0 = 1) for the ``("self",)`` path. ``slot_path[s]`` is the path index of
+    slot s in the radial-weight layout; ``gather[ir_out]`` ([paths, 2l+1]) picks
+    the slots of ir_out's paths, in path order, from all slots concatenated.
+    """
+    paths = message_paths(config, layer)
+    harmonic_irreps = tuple(ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max))
+    harmonic_offset = dict(zip(harmonic_irreps, np.cumsum([0] + [ir.dim for ir in harmonic_irreps])))
+    num_harmonics = sum(ir.dim for ir in harmonic_irreps)
+
+    path_index, index = {}, 0
+    for ir_out, ir_paths in paths.items():
+        for p, path in enumerate(ir_paths):
+            path_index[(ir_out, p)] = index
+            index += 1
+
+    sources, slot_of, total = [], {}, 0
+    for ir_in in sorted(input_irreps(config, layer)):
+        columns, slot_path = [], []
+        for ir_out, ir_paths in paths.items():
+            for p, path in enumerate(ir_paths):
+                if len(path) == 1:  # ("self",)
+                    if ir_out != ir_in:
+                        continue
+                    block = np.zeros((ir_in.dim, num_harmonics, ir_out.dim))
+                    block[:, 0, :] = np.eye(ir_in.dim)  # Y_0 = 1 ("component" normalisation)
+                elif path[0] == ir_in:
+                    ir_sh = path[1]
+                    block = np.zeros((ir_in.dim, num_harmonics, ir_out.dim))
+                    o = harmonic_offset[ir_sh]
+                    block[:, o : o + ir_sh.dim, :] = _clebsch_gordan(ir_in, ir_sh, ir_out)
+                else:
+                    continue
+                slot_of[(ir_out, p)] = total + len(slot_path) + np.arange(ir_out.dim)
+                columns.append(block)
+                slot_path += [path_index[(ir_out, p)]] * ir_out.dim
+        if columns:
+            sources.append((ir_in, np.concatenate(columns, axis=-1), np.asarray(slot_path)))
+            total += len(slot_path)
+    gather = {ir_out: np.stack([slot_of[(ir_out, p)] for p in range(len(ir_paths))]) for ir_out, ir_paths in paths.items()}
+    return tuple(sources), gather, total
+
+
+# Edges are processed in chunks whose per-edge messages take about this many bytes: each
+# chunk's messages are summed into the receivers and dropped (and recomputed in the
+# backward pass), so memory is O(nodes), not O(edges x 12,672 floats). Small chunks are
+# also much faster on CPU: a cache-sized buffer reused by every loop iteration costs far
+# less than writing (and page-faulting) one fresh buffer of hundreds of MB per call.
+MESSAGE_CHUNK_BYTES = 4 * 2**20
+
+
+def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Features, vectors, lengths, graph: Graph) -> Features:
+    """Equivariant message passing: A_i = sum_j R(r_ij) (x_j (x) Y(r_ij)) / avg_num_neighbors.
+
+    Per edge and sender irrep, the harmonics are first folded into the coupling
+    tensor (no channels involved), then one batched matmul over the channels
+    gives every path's message at once; radial weights multiply each path and
+    the messages are summed into the receivers before ``linear_down``.
+    """
+    x = linear(layer_params["linear_up"], x, list(x))
+    sources, gather, num_slots = message_plan(config, layer)
+    paths = message_paths(config, layer)
+    act = activation(config)
     C = config.num_channels
     num_nodes = graph.positions.shape[0]
-    sender_x = {ir: v[graph.senders] for ir, v in x.items()}  # [E, C, d]
-    aggregated = {}
-    offset = 0
-    for ir_out, ir_paths in paths.items():
+    dtype = lengths.dtype
+    harmonic_irreps = [ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max)]
+
+    def messages(vectors, lengths, mask, senders, receivers):
+        """Sum over these edges of the weighted messages, per receiver: [N, C, slots]."""
+        harmonics = e3nn.spherical_harmonics(harmonic_irreps, vectors, normalize=True, normalization="component").array
+        radial = radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
+        mix = radial_mlp(layer_params["radial_mlp"], radial, act) * mask[:, None]  # padding edges carry nothing
+        mix = mix.reshape(mix.shape[0], -1, C)  # [E, paths, C]
         blocks = []
-        for path in ir_paths:
-            if len(path) == 1:  # the ("self",) path
-                blocks.append(sender_x[ir_out])
-            else:
-                ir_in, ir_sh = path
-                cg = _clebsch_gordan(ir_in, ir_sh, ir_out).astype(lengths.dtype)
-                blocks.append(jnp.einsum("eci,ej,ijk->eck", sender_x[ir_in], harmonics[ir_sh], cg))
-        messages = jnp.stack(blocks, axis=1)  # [E, P, C, d]
-        weights = mix[:, offset : offset + len(ir_paths) * C].reshape(-1, len(ir_paths), C)
-        offset += len(ir_paths) * C
-        messages = messages * weights[..., None]
-        summed = jax.ops.segment_sum(messages, graph.receivers, num_segments=num_nodes)
-        aggregated[ir_out] = summed.reshape(num_nodes, len(ir_paths) * C, ir_out.dim) / config.avg_num_neighbors
+        for ir_in, coupling, slot_path in sources:
+            edge_coupling = jnp.einsum("ej,ijs->eis", harmonics, jnp.asarray(coupling, dtype))  # [E, d_in, S]
+            sent = jnp.einsum("eci,eis->ecs", x[ir_in][senders], edge_coupling)  # [E, C, S]
+            blocks.append(sent * jnp.swapaxes(mix[:, slot_path, :], 1, 2))
+        return jax.ops.segment_sum(jnp.concatenate(blocks, axis=-1), receivers, num_segments=num_nodes)
+
+    edges = (vectors, lengths, graph.edge_mask, graph.senders, graph.receivers)
+    num_edges = lengths.shape[0]
+    chunk = max(1, MESSAGE_CHUNK_BYTES // (C * num_slots * jnp.dtype(dtype).itemsize))
+    if num_edges <= chunk:
+        summed = messages(*edges)
+    else:
+        num_chunks = -(-num_edges // chunk)
+        pad = num_chunks * chunk - num_edges
+        # Padding edges: unit vector, zero length, masked; they add exactly zero.
+        fill = (jnp.array([1.0, 0.0, 0.0], dtype), 0.0, False, 0, 0)
+        edges = [
+            jnp.concatenate([e, jnp.broadcast_to(jnp.asarray(f, e.dtype), (pad,) + e.shape[1:])]).reshape((num_chunks, chunk) + e.shape[1:])
+            for e, f in zip(edges, fill)
+        ]
+
+        def step(total, chunk_edges):
+            return total + jax.checkpoint(messages)(*chunk_edges), None
+
+        summed, _ = jax.lax.scan(step, jnp.zeros((num_nodes, C, num_slots), dtype), edges)
+
+    aggregated = {}
+    for ir_out, ir_paths in paths.items():
+        block = summed[:, :, gather[ir_out]]  # [N, C, P, d]
+        block = jnp.swapaxes(block, 1, 2).reshape(num_nodes, len(ir_paths) * C, ir_out.dim)
+        aggregated[ir_out] = block / config.avg_num_neighbors
     return linear(layer_params["linear_down"], aggregated, interaction_irreps(config))
 
 
