@@ -88,7 +88,7 @@ def species_indices(numbers, atomic_numbers: Sequence[int]) -> np.ndarray:
 
 def grown_capacity(needed: int, current: int = 0, factor: float = 1.25, minimum: int = 8) -> int:
     """The capacity to use for `needed` items: keep `current` if it fits, else grow by `factor`."""
-    if needed <= current:
+    if needed <= current and current >= minimum:
         return current
     target = max(minimum, math.ceil(needed * factor))
     # Round up to a multiple of 8 so that nearby sizes share a shape.
