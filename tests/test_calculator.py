@@ -102,6 +102,13 @@ def test_verlet_skin_is_exact_and_reused(smooth_model):
         for key in ("energy", "forces", "stress"):
             np.testing.assert_allclose(skinned.results[key], fresh.results[key], atol=1e-11)
     assert skinned.neighbour_builds < fresh.neighbour_builds == 6
+    # An atom moved by a lattice vector (as atoms.wrap() does) is the same crystal: rebuilt, equal.
+    builds = skinned.neighbour_builds
+    energy = skinned.results["energy"]
+    atoms.positions[0] += atoms.cell[1]
+    skinned.calculate(atoms, ["energy", "forces"])
+    assert skinned.neighbour_builds == builds + 1
+    assert skinned.results["energy"] == pytest.approx(energy, abs=1e-11)
     assert skinned.compile_count == 1
 
 
