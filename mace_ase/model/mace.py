@@ -149,9 +149,10 @@ def species_linear(weights: dict[str, jax.Array], x: Features, species, num_spec
         w = weights.get(str(ir))
         if w is None:
             continue
-        w_node = jnp.take(w.astype(x[ir].dtype), species, axis=1)  # [C_in, N, C_out]
+        # Species-major copy first, so each node gathers one contiguous [C_in, C_out] block.
+        w_node = jnp.swapaxes(w.astype(x[ir].dtype), 0, 1)[species]  # [N, C_in, C_out]
         norm = 1.0 / math.sqrt(w.shape[0] * num_species)
-        out[ir] = norm * jnp.einsum("ncd,cnk->nkd", x[ir], w_node)
+        out[ir] = norm * jnp.einsum("ncd,nck->nkd", x[ir], w_node)
     return out
 
 
@@ -244,17 +245,19 @@ def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Feature
     harmonic_irreps = [ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max)]
 
     def messages(vectors, lengths, mask, senders, receivers):
-        """Sum over these edges of the weighted messages, per receiver: [N, C, slots]."""
+        """Sum over these edges of the weighted messages, per receiver: [N, slots, C]."""
         harmonics = e3nn.spherical_harmonics(harmonic_irreps, vectors, normalize=True, normalization="component").array
         radial = radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
         mix = radial_mlp(layer_params["radial_mlp"], radial, act) * mask[:, None]  # padding edges carry nothing
         mix = mix.reshape(mix.shape[0], -1, C)  # [E, paths, C]
         blocks = []
+        # Layout [E, slots, C]: channels stay the contiguous axis, so the radial weights
+        # are picked per slot as whole rows and no large transpose is ever needed.
         for ir_in, coupling, slot_path in sources:
             edge_coupling = jnp.einsum("ej,ijs->eis", harmonics, jnp.asarray(coupling, dtype))  # [E, d_in, S]
-            sent = jnp.einsum("eci,eis->ecs", x[ir_in][senders], edge_coupling)  # [E, C, S]
-            blocks.append(sent * jnp.swapaxes(mix[:, slot_path, :], 1, 2))
-        return jax.ops.segment_sum(jnp.concatenate(blocks, axis=-1), receivers, num_segments=num_nodes)
+            sent = jnp.einsum("eis,eci->esc", edge_coupling, x[ir_in][senders])  # [E, S, C]
+            blocks.append(sent * mix[:, slot_path, :])
+        return jax.ops.segment_sum(jnp.concatenate(blocks, axis=1), receivers, num_segments=num_nodes)
 
     edges = (vectors, lengths, graph.edge_mask, graph.senders, graph.receivers)
     num_edges = lengths.shape[0]
@@ -274,12 +277,12 @@ def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Feature
         def step(total, chunk_edges):
             return total + jax.checkpoint(messages)(*chunk_edges), None
 
-        summed, _ = jax.lax.scan(step, jnp.zeros((num_nodes, C, num_slots), dtype), edges)
+        summed, _ = jax.lax.scan(step, jnp.zeros((num_nodes, num_slots, C), dtype), edges)
 
     aggregated = {}
     for ir_out, ir_paths in paths.items():
-        block = summed[:, :, gather[ir_out]]  # [N, C, P, d]
-        block = jnp.swapaxes(block, 1, 2).reshape(num_nodes, len(ir_paths) * C, ir_out.dim)
+        block = summed[:, gather[ir_out], :]  # [N, P, d, C]
+        block = jnp.swapaxes(block, 2, 3).reshape(num_nodes, len(ir_paths) * C, ir_out.dim)
         aggregated[ir_out] = block / config.avg_num_neighbors
     return linear(layer_params["linear_down"], aggregated, interaction_irreps(config))
 
@@ -293,7 +296,7 @@ def symmetric_contraction(weights: dict[str, jax.Array], config: MaceConfig, lay
         started = set()
         for ir, _, u in product_basis(config, order, keep):
             u = jnp.asarray(u, dtype=xs.dtype)  # [D]*order + [K, d]
-            w = jnp.take(weights[f"w{order}_{ir}"].astype(xs.dtype), species, axis=0)  # [N, K, C]
+            w = weights[f"w{order}_{ir}"].astype(xs.dtype)[species]  # [N, K, C]
             if ir not in out:
                 # The highest order of this irrep: contract one x right away.
                 out[ir] = jnp.einsum("...jki,nkc,ncj->nc...i", u, w, xs)
