@@ -224,7 +224,9 @@ def message_plan(config: MaceConfig, layer: int):
 # backward pass), so memory is O(nodes), not O(edges x 12,672 floats). Small chunks are
 # also much faster on CPU: a cache-sized buffer reused by every loop iteration costs far
 # less than writing (and page-faulting) one fresh buffer of hundreds of MB per call.
-MESSAGE_CHUNK_BYTES = 4 * 2**20
+# None: no chunking. Use None for training losses on forces (a second derivative): the
+# scan's own backward pass would then keep per-chunk state and take more memory, not less.
+MESSAGE_CHUNK_BYTES: int | None = 4 * 2**20
 
 
 def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Features, vectors, lengths, graph: Graph) -> Features:
@@ -261,7 +263,7 @@ def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Feature
 
     edges = (vectors, lengths, graph.edge_mask, graph.senders, graph.receivers)
     num_edges = lengths.shape[0]
-    chunk = max(1, MESSAGE_CHUNK_BYTES // (C * num_slots * jnp.dtype(dtype).itemsize))
+    chunk = num_edges if MESSAGE_CHUNK_BYTES is None else max(1, MESSAGE_CHUNK_BYTES // (C * num_slots * jnp.dtype(dtype).itemsize))
     if num_edges <= chunk:
         summed = messages(*edges)
     else:
