@@ -148,7 +148,7 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, **_):
+def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, warmup=2, **_):
     import numpy as np
 
     import systems
@@ -162,13 +162,13 @@ def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, **_)
     first = time.perf_counter() - start
     times = []
     spent = 0.0
-    for k in range(calls + 2):
+    for k in range(calls + warmup):
         atoms.positions = atoms.positions + rng.normal(scale=1e-3, size=atoms.positions.shape)  # a new geometry every call
         start = time.perf_counter()
         atoms.get_potential_energy()
         atoms.get_forces()
         elapsed = time.perf_counter() - start
-        if k >= 2:  # two warm-up calls
+        if k >= warmup:
             times.append(elapsed)
             spent += elapsed
             if spent > budget_s and len(times) >= 3:
@@ -290,7 +290,12 @@ def run_worker(kind: str, memory_cap_gb: float, timeout_s: float, source: str | 
         time.sleep(0.1)
     stdout, stderr = proc.communicate()
     if status is None and proc.returncode != 0:
-        status = "OOM (killed)" if proc.returncode in (-9, 137) else "error"
+        if proc.returncode in (-9, 137):
+            status = "OOM (killed)"
+        elif "RESOURCE_EXHAUSTED" in stderr or "MemoryError" in stderr:
+            status = "OOM (allocation failed)"
+        else:
+            status = "error"
         print(stderr[-3000:], file=sys.stderr)
     if status:
         return {"status": status, "peak_rss_gb": peak}
@@ -324,9 +329,9 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--label", default="", help="tag for this run's rows (before/after an optimisation)")
     parser.add_argument("--mace-ase-src", default=None, help="directory with another mace_ase package to benchmark (before/after)")
-    parser.add_argument("--memory-cap", type=float, default=20.0, help="GB of RSS before a worker is killed")
+    parser.add_argument("--memory-cap", type=float, default=16.0, help="GB of RSS before a worker is killed")
     parser.add_argument("--md-steps", type=int, default=1000)
-    parser.add_argument("--peer-md-steps", type=int, default=1000, help="MD steps for the peers on the water box")
+    parser.add_argument("--water-md-steps", type=int, default=20, help="MD steps on the water box (seconds per step on 2 cores)")
     parser.add_argument("--scaling", default="3,5,7,10,12,15", help="water boxes: molecules per side")
     parser.add_argument("--output", default=str(RESULTS / "results.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -371,12 +376,16 @@ def main(argv=None):
         if "md" in sections:
             for system in ("aspirin", "water"):
                 for impl in impls:
-                    steps = args.md_steps if (impl == "mace-ase" or system == "aspirin") else args.peer_md_steps
+                    steps = args.md_steps if system == "aspirin" else args.water_md_steps
+                    oom = [r for r in run["rows"] if r["section"] == "inference" and r["impl"] == impl and r["system"] == system and r["status"].startswith("OOM")]
+                    if oom:  # do not fill the shared machine a second time
+                        record("md", impl=impl, system=system, dtype="float32", status=f"skipped: {oom[0]['status']} in inference")
+                        continue
                     r = run_worker("md", impl=impl, system=system, dtype="float32", steps=steps, timeout_s=1800, **common)
                     record("md", impl=impl, system=system, dtype="float32", **r)
         if "scaling" in sections:
             for per_side in map(int, args.scaling.split(",")):
-                r = run_worker("inference", impl="mace-ase", system=f"water{per_side}", dtype="float32", calls=3, budget_s=5, timeout_s=900, **common)
+                r = run_worker("inference", impl="mace-ase", system=f"water{per_side}", dtype="float32", calls=3, budget_s=5, warmup=1, timeout_s=900, **common)
                 record("scaling", impl="mace-ase", system=f"water{per_side}", dtype="float32", **r)
                 if r["status"] != "ok":
                     break
