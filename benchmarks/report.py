@@ -40,12 +40,26 @@ def _cell(r, key, scale=1.0, unit="", digits=3):
     return _fmt(r[key] * scale, unit, digits)
 
 
+ROW_KEYS = ("section", "impl", "system", "dtype", "cache")
+
+
 def _latest(runs, section, label=""):
-    """The newest run with this label that has rows of this section."""
-    for run in reversed(runs):
-        if run.get("label", "") == label and _rows(run, section):
-            return run
-    return None
+    """This section's rows from the runs with this label, the newest row winning per
+    (implementation, system, dtype), as a run-like dict; None if there are none.
+
+    A partial re-run (say, one system measured again at a quieter moment) thus replaces
+    just its own rows; the dates of the runs used are listed.
+    """
+    rows, dates = {}, []
+    for run in runs:
+        if run.get("label", "") != label or not _rows(run, section):
+            continue
+        for r in _rows(run, section):
+            rows[tuple(r.get(k) for k in ROW_KEYS)] = r
+        dates.append(run["date"])
+    if not rows:
+        return None
+    return {"date": ", ".join(dict.fromkeys(dates)), "rows": list(rows.values())}
 
 
 def inference_table(run) -> list[str]:
@@ -169,6 +183,56 @@ def plot(runs, path: Path) -> None:
     plt.close(fig)
 
 
+def targets_table(runs) -> list[str]:
+    """The issue's targets, each with the measured numbers and met / not met."""
+    out = ["| target | measured | met |", "|---|---|---|"]
+
+    def ok(r):
+        return r is not None and r.get("status") == "ok"
+
+    inference = _latest(runs, "inference")
+    rows = inference["rows"] if inference else []
+    for system, need in (("aspirin", {"mace-torch": 2.0, "mlip": 1.3}), ("cluster", {"mace-torch": 2.0, "mlip": 1.3}), ("water", {"mace-torch": 2.0})):
+        ours = _find(rows, impl="mace-ase", system=system, dtype="float32")
+        for peer, factor in need.items():
+            theirs = _find(rows, impl=peer, system=system, dtype="float32")
+            if not ok(ours) or theirs is None:
+                continue
+            if ok(theirs):
+                ratio = theirs["median_s"] / ours["median_s"]
+                measured, met = f"{ratio:.2f}× ({theirs['median_s'] * 1e3:.4g} vs {ours['median_s'] * 1e3:.4g} ms)", ratio >= factor
+            else:
+                measured, met = f"{peer}: {theirs['status']}; mace-ase {ours['median_s'] * 1e3:.4g} ms", True
+            out.append(f"| ≥{factor}× faster than {peer}, {SYSTEM_NAMES[system]}, float32 | {measured} | {'yes' if met else '**no**'} |")
+    water = _find(rows, impl="mace-ase", system="water", dtype="float32")
+    if ok(water):
+        out.append(f"| 1,029-atom water box under 4 GB peak | {water['peak_rss_gb']:.2f} GB (process peak RSS) | {'yes' if water['peak_rss_gb'] < 4 else '**no**'} |")
+    scaling = _latest(runs, "scaling")
+    if scaling:
+        fits = [r for r in scaling["rows"] if ok(r)]
+        largest = max(fits, key=lambda r: r["atoms"]) if fits else None
+        if largest:
+            out.append(f"| 10,000-atom water box fits in 24 GB | largest run: {largest['atoms']:,} atoms, {largest['peak_rss_gb']:.2f} GB, {largest['median_s']:.3g} s/call | {'yes' if largest['atoms'] >= 10000 else '**no**'} |")
+    md = _latest(runs, "md")
+    if md:
+        ours = _find(md["rows"], impl="mace-ase", system="water")
+        if ok(ours):
+            share = ours["outside_model_share"]
+            out.append(f"| < 10 % of an MD step outside the model at 1,029 atoms | {100 * share:.1f} % | {'yes' if share < 0.1 else '**no**'} |")
+        recompiles = [(r["system"], r["traces_after_first_step"], r["xla_compiles_after_first_step"]) for r in md["rows"] if r["impl"] == "mace-ase" and ok(r)]
+        if recompiles:
+            text = ", ".join(f"{s}: {t} traces, {x} XLA compilations" for s, t, x in recompiles)
+            out.append(f"| zero recompilations after the first MD step | {text} | {'yes' if all(t == 0 and x == 0 for _, t, x in recompiles) else '**no**'} |")
+    firsts = [r["first_call_s"] for r in rows if r["impl"] == "mace-ase" and ok(r)]
+    if firsts:
+        out.append(f"| first call under 15 s | at most {max(firsts):.1f} s (all inference cases) | {'yes' if max(firsts) < 15 else '**no**'} |")
+    startup = _latest(runs, "startup")
+    warm = _find(startup["rows"], cache="warm cache") if startup else None
+    if ok(warm):
+        out.append(f"| first call under 3 s in a second process (compilation cache) | {warm['first_call_s']:.2f} s (process start to result: {warm['construct_and_first_call_s']:.2f} s) | {'yes' if warm['first_call_s'] < 3 else '**no**'} |")
+    return out
+
+
 def write(runs, directory: Path) -> None:
     final = runs[-1]
     m = final["machine"]
@@ -182,6 +246,7 @@ def write(runs, directory: Path) -> None:
         "The machine was shared while measuring: each row records the 1-minute load average in results.json.",
         "",
     ]
+    lines += ["## Targets (issue #6)", ""] + targets_table(runs) + [""]
     sections = [
         ("Inference: energy + forces through each ASE calculator", "inference", inference_table),
         ("First call with the persistent compilation cache (mace-ase, aspirin, float32, fresh process each)", "startup", startup_table),
@@ -193,7 +258,7 @@ def write(runs, directory: Path) -> None:
         run = _latest(runs, section)
         if run is None:
             continue
-        lines += [f"## {title}", "", f"Run of {run['date']}.", ""] + table(run) + [""]
+        lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")

@@ -292,7 +292,7 @@ def run_worker(kind: str, memory_cap_gb: float, timeout_s: float, source: str | 
     if status is None and proc.returncode != 0:
         if proc.returncode in (-9, 137):
             status = "OOM (killed)"
-        elif "RESOURCE_EXHAUSTED" in stderr or "MemoryError" in stderr:
+        elif any(m in stderr for m in ("RESOURCE_EXHAUSTED", "Out of memory", "MemoryError")):
             status = "OOM (allocation failed)"
         else:
             status = "error"
@@ -331,6 +331,7 @@ def main(argv=None):
     parser.add_argument("--mace-ase-src", default=None, help="directory with another mace_ase package to benchmark (before/after)")
     parser.add_argument("--memory-cap", type=float, default=16.0, help="GB of RSS before a worker is killed")
     parser.add_argument("--md-steps", type=int, default=1000)
+    parser.add_argument("--md-systems", default="aspirin,water")
     parser.add_argument("--water-md-steps", type=int, default=20, help="MD steps on the water box (seconds per step on 2 cores)")
     parser.add_argument("--scaling", default="3,5,7,10,12,15", help="water boxes: molecules per side")
     parser.add_argument("--output", default=str(RESULTS / "results.json"))
@@ -374,10 +375,11 @@ def main(argv=None):
                 r = run_worker("startup", impl="mace-ase", system="aspirin", dtype="float32", cache_dir=str(cache), timeout_s=300, **common)
                 record("startup", impl="mace-ase", system="aspirin", dtype="float32", cache=attempt, **r)
         if "md" in sections:
-            for system in ("aspirin", "water"):
+            for system in args.md_systems.split(","):
                 for impl in impls:
                     steps = args.md_steps if system == "aspirin" else args.water_md_steps
-                    oom = [r for r in run["rows"] if r["section"] == "inference" and r["impl"] == impl and r["system"] == system and r["status"].startswith("OOM")]
+                    oom = [r for r in run["rows"] if r["section"] == "inference" and r["impl"] == impl and r["system"] == system
+                           and r["dtype"] == "float32" and r["status"].startswith("OOM")]
                     if oom:  # do not fill the shared machine a second time
                         record("md", impl=impl, system=system, dtype="float32", status=f"skipped: {oom[0]['status']} in inference")
                         continue
