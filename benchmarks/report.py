@@ -103,7 +103,7 @@ def before_after_table(runs) -> list[str]:
             if r["impl"] != "mace-ase":
                 continue
             out.append(
-                f"| {label} | {SYSTEM_NAMES.get(r['system'], r['system'])} | {r['dtype']} | {_cell(r, 'median_s', 1e3)} "
+                f"| {label}{' (' + r['note'] + ')' if r.get('note') else ''} | {SYSTEM_NAMES.get(r['system'], r['system'])} | {r['dtype']} | {_cell(r, 'median_s', 1e3)} "
                 f"| {_cell(r, 'peak_rss_gb', digits=2)} | {_cell(r, 'first_call_s', digits=2)} | {r['loadavg_1min']:.1f} |"
             )
     return out
