@@ -1,0 +1,100 @@
+"""The `mace-ase` command: relax, md, eval, fetch, info (and train, registered by mace_ase.cli.train).
+
+Errors are one line on stderr, `Error: ...`: exit status 2 for bad usage (a missing
+file, an invalid option), 1 for everything else (unknown model or element, unreadable
+file, licence not accepted). `relax` exits 3 when it did not converge and `md` 130 when
+stopped with Ctrl-C; both still write what they have. Unexpected exceptions are one line
+too, unless `mace-ase --debug ...` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .common import one_line
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _explain(error: BaseException) -> str | None:
+    """The one-line message for an error the user can act on; None for a bug."""
+    from mace_ase.errors import MaceAseError
+
+    if isinstance(error, MaceAseError):
+        return one_line(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or one_line(error)}: {error.filename}"
+    if isinstance(error, OSError):
+        return one_line(error)
+    return None
+
+
+class MaceAseGroup(click.Group):
+    """A click group whose errors are one line (see the module docstring)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            message = _explain(error)
+            debug = ctx.params.get("debug") or os.environ.get("MACE_ASE_DEBUG")
+            if message is None and debug:
+                raise
+            if message is None:
+                message = f"unexpected {type(error).__name__}: {one_line(error)} (rerun with `mace-ase --debug` for the traceback)"
+            raise click.ClickException(message) from error
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+            click.echo(f"Error: {error.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            click.echo(f"Error: {one_line(error)}", err=True)
+            sys.exit(error.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("Error: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=MaceAseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
+@click.version_option(package_name="mace-ase", prog_name="mace-ase")
+def main(debug: bool) -> None:
+    """MACE interatomic potential (JAX) for ASE: relax, run MD, evaluate, manage weights.
+
+    \b
+    Quick start:
+      mace-ase relax examples/aspirin.xyz
+      mace-ase md examples/aspirin.xyz --steps 200
+    """
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def _register() -> None:
+    from .evaluate import evaluate
+    from .md import md
+    from .models import fetch, info
+    from .relax import relax
+
+    for command in (relax, md, evaluate, fetch, info):
+        main.add_command(command)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

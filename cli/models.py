@@ -1,0 +1,86 @@
+"""`mace-ase fetch` and `mace-ase info`: the model registry, downloads, licences, the environment."""
+
+from __future__ import annotations
+
+import click
+
+
+def _licence_line(entry, accepted: bool) -> str:
+    commercial = "commercial use allowed" if entry.commercial_use else "NON-COMMERCIAL"
+    summary = f": {entry.license_summary}" if getattr(entry, "license_summary", None) else ""
+    return f"{entry.license} ({commercial}){summary}; {'accepted' if accepted else 'not accepted'}"
+
+
+def _entry(name: str):
+    from mace_ase import weights
+    from mace_ase.errors import ModelNotFoundError
+
+    if name not in weights.REGISTRY:
+        known = ", ".join(sorted(weights.REGISTRY)) or "none"
+        raise ModelNotFoundError(f"unknown model '{name}'; registered models: {known}")
+    return weights.REGISTRY[name]
+
+
+@click.command()
+@click.argument("name")
+@click.option("--revision", default=None, help="A git revision of the Hugging Face repository (default: the pinned one).")
+@click.option("--accept-license", is_flag=True,
+              help="Record that you accept this model's licence (in the config folder), so it loads without asking.")
+def fetch(name, revision, accept_license):
+    """Download the registered model NAME into the Hugging Face cache (a no-op when cached)."""
+    from mace_ase import weights
+
+    entry = _entry(name)
+    click.echo(f"Fetching {name} ({entry.repo_id}/{entry.filename}) ...", err=True)
+    path = weights.fetch_model(name, revision=revision)
+    if accept_license:
+        recorded = weights.accept_license(name)
+        click.echo(f"licence accepted, recorded in {recorded}", err=True)
+    accepted = weights.license_accepted(name)
+    click.echo(f"model    {name}")
+    click.echo(f"path     {path}")
+    click.echo(f"licence  {_licence_line(entry, accepted)}")
+    if not accepted and not entry.commercial_use:
+        click.echo(
+            f"To use it, accept the licence: `mace-ase fetch {name} --accept-license`, "
+            f"--accept-license on a command, or MACE_ASE_ACCEPT_LICENSE=1.", err=True,
+        )
+
+
+def _registry_lines(status: list[dict], default: str | None) -> list[str]:
+    lines = []
+    for row in status:
+        mark = " (default)" if row["name"] == default else ""
+        where = row.get("path") or ("bundled" if row.get("bundled") else "not downloaded")
+        commercial = "commercial use ok" if row.get("commercial_use") else "non-commercial"
+        accepted = "accepted" if row.get("license_accepted") else "not accepted"
+        lines.append(f"  {row['name']}{mark}")
+        lines.append(f"      licence  {row['license']} ({commercial}; {accepted})")
+        lines.append(f"      source   {row.get('repo_id') or '-'}/{row.get('filename') or '-'} @ {row.get('revision') or '-'}")
+        lines.append(f"      file     {where}")
+    return lines
+
+
+@click.command()
+def info():
+    """The model registry, cache and config folders, JAX version, devices and precision."""
+    import ase
+    import huggingface_hub.constants
+    import jax
+
+    import mace_ase
+    from mace_ase import weights
+
+    default = getattr(weights, "DEFAULT_MODEL", None)
+    click.echo(f"mace-ase       {mace_ase.__version__}")
+    click.echo(f"ASE            {ase.__version__}")
+    click.echo(f"JAX            {jax.__version__} (backend {jax.default_backend()})")
+    click.echo(f"devices        {', '.join(str(d) for d in jax.devices())}")
+    x64 = "on" if jax.config.jax_enable_x64 else "off"
+    click.echo(f"precision      float32 by default (--dtype float64 per command; jax_enable_x64 {x64})")
+    click.echo(f"HF cache       {huggingface_hub.constants.HF_HUB_CACHE}")
+    click.echo(f"config folder  {weights.config_dir()}")
+    click.echo(f"default model  {default or '-'}")
+    click.echo("models:")
+    for line in _registry_lines(weights.models_status(), default):
+        click.echo(line)
