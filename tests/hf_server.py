@@ -1,0 +1,147 @@
+"""A tiny Hugging Face Hub look-alike on 127.0.0.1, for download tests that never touch the internet.
+
+It answers what ``huggingface_hub.hf_hub_download`` asks, the way the Hub does for LFS files:
+
+* ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}`` -> 302 to a storage server (another
+  port, so another origin, like the Hub's CDN), with ``X-Repo-Commit``, ``X-Linked-Etag``
+  and ``X-Linked-Size``; or 404 with ``X-Error-Code`` RepoNotFound / RevisionNotFound /
+  EntryNotFound.
+* ``HEAD|GET /blobs/{sha256}`` on the storage server -> the bytes, with ``ETag`` and
+  ``Content-Length``.
+
+Every request is logged in ``hub.requests`` as (method, path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+
+class LocalHub:
+    def __init__(self):
+        self.repos: dict[str, dict] = {}  # repo_id -> {"revisions": {name: commit}, "files": {commit: {filename: bytes}}}
+        self.blobs: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._hub = self._serve(self._hub_handler())
+        self._storage = self._serve(self._storage_handler())
+
+    # -------------------------------------------------------------- content
+
+    def add_file(self, repo_id: str, filename: str, data: bytes, revision: str = "main") -> str:
+        """Commit `data` as `filename` on branch/tag `revision`; returns the new commit hash."""
+        repo = self.repos.setdefault(repo_id, {"revisions": {}, "files": {}})
+        previous = repo["files"].get(repo["revisions"].get(revision), {})
+        files = {**previous, filename: data}
+        commit = hashlib.sha1(repr((repo_id, revision, sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items()))).encode()).hexdigest()
+        repo["files"][commit] = files
+        repo["revisions"][revision] = commit
+        self.blobs[hashlib.sha256(data).hexdigest()] = data
+        return commit
+
+    # -------------------------------------------------------------- servers
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+
+    @property
+    def storage_url(self) -> str:
+        return f"http://127.0.0.1:{self._storage.server_address[1]}"
+
+    def stop(self) -> None:
+        for server in (self._hub, self._storage):
+            server.shutdown()
+            server.server_close()
+
+    @staticmethod
+    def _serve(handler) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return server
+
+    def _resolve(self, repo_id: str, revision: str, filename: str):
+        """-> (status, headers) for /resolve."""
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}
+        commit = repo["revisions"].get(revision, revision if revision in repo["files"] else None)
+        if commit is None:
+            return 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id: " + revision}
+        data = repo["files"][commit].get(filename)
+        if data is None:
+            return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit}
+        sha = hashlib.sha256(data).hexdigest()
+        return 302, {
+            "Location": f"{self.storage_url}/blobs/{sha}",
+            "X-Repo-Commit": commit,
+            "X-Linked-Etag": f'"{sha}"',
+            "X-Linked-Size": str(len(data)),
+            "ETag": f'"{sha}"',
+        }
+
+    def _hub_handler(self):
+        hub = self
+
+        class Handler(_Quiet):
+            def _answer(self, body: bool):
+                hub.requests.append((self.command, self.path))
+                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"")
+                status, headers = hub._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
+                self._send(status, headers, b"" if status == 302 else b'{"error": "not found"}', body)
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+        return Handler
+
+    def _storage_handler(self):
+        hub = self
+
+        class Handler(_Quiet):
+            def _answer(self, body: bool):
+                hub.requests.append((self.command, self.path))
+                sha = self.path.rsplit("/", 1)[-1]
+                data = hub.blobs.get(sha)
+                if data is None:
+                    return self._send(404, {}, b"")
+                self._send(200, {"ETag": f'"{sha}"', "Content-Type": "application/zip"}, data, body)
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+        return Handler
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, status: int, headers: dict, data: bytes, body: bool = True):
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body and data:
+            self.wfile.write(data)
+
+
+def closed_port_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

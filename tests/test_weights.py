@@ -1,0 +1,412 @@
+"""Model resolution, Hugging Face downloads and the licence gate (mace_ase.weights).
+
+The real download code (huggingface_hub.hf_hub_download) runs against a local
+Hub look-alike on 127.0.0.1 (tests/hf_server.py); the Hugging Face cache and
+the mace-ase config folder live in tmp dirs. No test touches the internet or
+the user's folders.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import huggingface_hub.constants as hf_constants
+from conftest import REPO, small_model
+from hf_server import LocalHub, closed_port_url
+from mace_ase import weights
+from mace_ase.archive import load_archive, save_archive
+from mace_ase.errors import (
+    ArchiveError,
+    DownloadError,
+    LicenseNotAcceptedError,
+    ModelNotFoundError,
+    UnsupportedConfigError,
+)
+from mace_ase.weights import ModelEntry, load_model
+
+NC = "tiny-organics"  # a non-commercial test model, served by the local hub
+MIT = "tiny-mit"  # a commercial-use test model
+NC_ENTRY = ModelEntry(
+    NC, "mace-ase-tests/tiny-organics", "tiny_organics.zip", None, "Test non-commercial",
+    "TEST-SUMMARY: research only, no commercial use.", False, "test model",
+)
+MIT_ENTRY = ModelEntry(MIT, "mace-ase-tests/tiny-mit", "tiny_mit.zip", None, "MIT", "MIT TERMS", True, "test model")
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory) -> dict[str, bytes]:
+    """Archive bytes written by mace-ase: good (v1, v2), truncated, random, unsupported config."""
+    folder = tmp_path_factory.mktemp("archives")
+    model = small_model(radial_mlp_hidden=(64, 64, 64))
+    model.metadata.update(name=NC, license="Test non-commercial", commercial_use=False, version=1)
+    good = save_archive(model, folder / "good.zip").read_bytes()
+    model.metadata["version"] = 2
+    v2 = save_archive(model, folder / "v2.zip").read_bytes()
+    model.metadata.update(license="MIT", commercial_use=True, name=MIT)
+    mit = save_archive(model, folder / "mit.zip").read_bytes()
+
+    source = zipfile.ZipFile(io.BytesIO(good))
+    hyperparams = json.loads(source.read("hyperparams.json"))
+    hyperparams["config"]["gate_nodes"] = True
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as unsupported:
+        for item in source.namelist():
+            data = json.dumps(hyperparams) if item == "hyperparams.json" else source.read(item)
+            unsupported.writestr(item, data)
+    return {
+        "good": good,
+        "v2": v2,
+        "mit": mit,
+        "truncated": good[: len(good) // 2],
+        "random": np.random.default_rng(0).bytes(4096),
+        "unsupported": buffer.getvalue(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Hugging Face cache, HF state and mace-ase config in tmp dirs; no real endpoint, no token."""
+    for name in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", weights.ENV_ACCEPT, "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv(weights.ENV_CONFIG_DIR, str(tmp_path / "config"))
+    # huggingface_hub read these at import; nothing may go to huggingface.co or the user's folders.
+    _point_hf_constants(monkeypatch, closed_port_url())
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / "agents.json"))
+    monkeypatch.setattr(weights, "_announced", set())
+    monkeypatch.setitem(weights.REGISTRY, NC, NC_ENTRY)
+    monkeypatch.setitem(weights.REGISTRY, MIT, MIT_ENTRY)
+    return tmp_path
+
+
+@pytest.fixture
+def hub(archives, monkeypatch):
+    server = LocalHub()
+    server.add_file(NC_ENTRY.repo_id, NC_ENTRY.filename, archives["good"])
+    server.add_file(MIT_ENTRY.repo_id, MIT_ENTRY.filename, archives["mit"])
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    _point_hf_constants(monkeypatch, server.url)
+    yield server
+    server.stop()
+
+
+def _point_hf_constants(monkeypatch, url: str) -> None:
+    """What huggingface_hub derived from HF_ENDPOINT at import (its URL template must agree with ENDPOINT)."""
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def downloads(server: LocalHub) -> list[tuple[str, str]]:
+    """Requests for model files (not huggingface_hub's own telemetry)."""
+    return [r for r in server.requests if "/resolve/" in r[1] or "/blobs/" in r[1]]
+
+
+def same_params(a, b) -> bool:
+    import jax
+
+    leaves = zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True)
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in leaves)
+
+
+# ------------------------------------------------------------------ download and cache
+
+
+def test_download_from_local_hub_then_offline_from_cache(hub, isolated, archives, monkeypatch, tmp_path):
+    model = load_model(NC, accept_license=True)
+    original = load_archive(_write(tmp_path / "orig.zip", archives["good"]))
+    assert same_params(model, original) and model.config == original.config
+    assert model.metadata["source"] == f"hf://{NC_ENTRY.repo_id}/{NC_ENTRY.filename}@main"
+    assert model.metadata["license"] == "Test non-commercial"
+    methods = [(m, p.split("/")[1 if "blobs" in p else 3]) for m, p in downloads(hub)]
+    assert methods == [("HEAD", "resolve"), ("GET", "blobs")]  # metadata, then the redirected file
+
+    path = weights.fetch_model(NC)
+    assert path.read_bytes() == archives["good"]
+    assert (isolated / "hf" / "hub") in path.parents  # the Hugging Face cache under HF_HOME
+    [row] = [r for r in weights.models_status() if r["name"] == NC]
+    assert row["path"] == str(path) and row["license_accepted"] is False and row["commercial_use"] is False
+
+    hub.stop()
+    before = len(hub.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert same_params(load_model(NC, accept_license=True), original)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert weights.fetch_model(NC, local_files_only=True) == path
+    assert len(hub.requests) == before
+
+
+def test_revision_pinning(hub, archives, monkeypatch):
+    hub.add_file(NC_ENTRY.repo_id, NC_ENTRY.filename, archives["v2"], revision="v2")
+    assert load_model(NC, accept_license=True).metadata["version"] == 1
+    assert load_model(NC, accept_license=True, revision="v2").metadata["version"] == 2
+    monkeypatch.setitem(weights.REGISTRY, NC, ModelEntry(**{**NC_ENTRY.__dict__, "revision": "v2"}))
+    assert load_model(NC, accept_license=True).metadata["version"] == 2
+    with pytest.raises(ModelNotFoundError, match="revision 'v9' does not exist"):
+        load_model(NC, accept_license=True, revision="v9")
+
+
+def test_commercial_model_needs_no_acceptance_and_prints_nothing(hub, capsys):
+    model = load_model(MIT)
+    assert model.metadata["license"] == "MIT"
+    assert capsys.readouterr().err.count("MIT TERMS") == 0
+    [row] = [r for r in weights.models_status() if r["name"] == MIT]
+    assert row["license_accepted"] is None and row["path"]
+
+
+def test_fresh_process_reads_hf_env_at_import_and_accepts_by_env(hub, isolated):
+    """No monkeypatching in the child: HF_ENDPOINT / HF_HUB_OFFLINE as a user would set them."""
+    script = (
+        "import mace_ase.weights as w\n"
+        f"w.REGISTRY[{NC!r}] = w.ModelEntry(*{tuple(NC_ENTRY.__dict__.values())!r})\n"
+        f"print(w.load_model({NC!r}).metadata['source']); w.load_model({NC!r})\n"
+    )
+    env = {
+        **os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(isolated / "hf2"),
+        weights.ENV_CONFIG_DIR: str(isolated / "config2"), weights.ENV_ACCEPT: f"other, {NC}",
+        "JAX_PLATFORMS": "cpu", "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"hf://{NC_ENTRY.repo_id}/{NC_ENTRY.filename}@main"
+    assert run.stderr.count("TEST-SUMMARY") == 1  # shown once although loaded twice
+    hub.stop()
+    env["HF_HUB_OFFLINE"] = "1"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+# ------------------------------------------------------------------ licence gate
+
+
+def test_refused_without_acceptance_before_any_download(hub):
+    with pytest.raises(LicenseNotAcceptedError) as caught:
+        load_model(NC)
+    message = str(caught.value)
+    assert "Test non-commercial" in message and NC_ENTRY.license_summary in message
+    assert "accept_license=True" in message
+    assert f"{weights.ENV_ACCEPT}={NC}" in message
+    assert f"mace-ase fetch {NC} --accept-license" in message
+    assert str(weights.config_dir() / "licenses.json") in message
+    assert downloads(hub) == []
+
+
+def test_accepted_by_argument_prints_summary_once(hub, capsys):
+    load_model(NC, accept_license=True)
+    load_model(NC, accept_license=True)
+    err = capsys.readouterr().err
+    assert err.count(NC_ENTRY.license_summary) == 1 and "Test non-commercial" in err
+
+
+@pytest.mark.parametrize("value", [NC, f"something-else, {NC.upper()} ", "all"])
+def test_accepted_by_environment(hub, monkeypatch, value):
+    monkeypatch.setenv(weights.ENV_ACCEPT, value)
+    assert weights.license_accepted(NC)
+    assert load_model(NC).metadata["name"] == NC
+
+
+def test_not_accepted_by_environment_naming_another_model(hub, monkeypatch):
+    monkeypatch.setenv(weights.ENV_ACCEPT, "mace-organics")
+    assert not weights.license_accepted(NC)
+    with pytest.raises(LicenseNotAcceptedError):
+        load_model(NC)
+
+
+def test_accepted_by_recorded_acceptance(hub, isolated, monkeypatch):
+    assert not weights.license_accepted(NC)
+    path = weights.accept_license(NC)
+    assert path == isolated / "config" / "licenses.json"
+    record = json.loads(path.read_text())["accepted"][NC]
+    assert record["license"] == "Test non-commercial" and record["accepted_at"]
+    assert weights.license_accepted(NC)
+    assert load_model(NC).metadata["name"] == NC
+    [row] = [r for r in weights.models_status() if r["name"] == NC]
+    assert row["license_accepted"] is True
+    # A changed licence must be accepted again.
+    monkeypatch.setitem(weights.REGISTRY, NC, ModelEntry(**{**NC_ENTRY.__dict__, "license": "Test NC v2"}))
+    assert not weights.license_accepted(NC)
+    with pytest.raises(LicenseNotAcceptedError, match="Test NC v2"):
+        load_model(NC)
+
+
+def test_config_dir_precedence(monkeypatch, tmp_path):
+    assert weights.config_dir() == tmp_path / "config"
+    monkeypatch.delenv(weights.ENV_CONFIG_DIR)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert weights.config_dir() == tmp_path / "xdg" / "mace-ase"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert weights.config_dir() == tmp_path / "home" / ".config" / "mace-ase"
+
+
+def test_local_archive_with_non_commercial_metadata_is_gated(archives, tmp_path, monkeypatch, capsys):
+    path = _write(tmp_path / "somewhere.zip", archives["good"])  # metadata: Test non-commercial
+    with pytest.raises(LicenseNotAcceptedError, match="TEST-SUMMARY"):
+        load_model(path)  # the summary of the registered licence of that name
+    monkeypatch.setenv(weights.ENV_ACCEPT, NC)  # the name in the archive's metadata
+    assert load_model(str(path)).metadata["license"] == "Test non-commercial"
+    assert capsys.readouterr().err.count("TEST-SUMMARY") == 1
+    mit = _write(tmp_path / "mit.zip", archives["mit"])
+    monkeypatch.delenv(weights.ENV_ACCEPT)
+    assert load_model(mit).metadata["license"] == "MIT"
+
+
+def test_downloaded_file_recognised_by_registry_filename(tmp_path, monkeypatch):
+    """mlip's archives carry no mace-ase metadata: a published file passed as a path is gated by its name."""
+    model = small_model(radial_mlp_hidden=(64, 64, 64))
+    model.metadata = {}
+    path = save_archive(model, tmp_path / NC_ENTRY.filename)
+    with pytest.raises(LicenseNotAcceptedError, match=NC):
+        load_model(path)
+    loaded = load_model(path, accept_license=True)
+    assert loaded.metadata["license"] == "Test non-commercial" and loaded.metadata["name"] == NC
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_server_down(isolated, monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # huggingface_hub's retry back-off
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as caught:
+        load_model(NC, accept_license=True)
+    message = str(caught.value)
+    assert "unreachable" in message and "not in the local cache" in message
+    assert f"https://huggingface.co/{NC_ENTRY.repo_id}/resolve/main/{NC_ENTRY.filename}" in message
+    assert f"hf download {NC_ENTRY.repo_id} {NC_ENTRY.filename}" in message
+    assert "HF_HUB_OFFLINE=1" in message and "pass its path" in message
+    assert time.perf_counter() - start < 20
+
+
+def test_missing_repository(hub, monkeypatch):
+    monkeypatch.setitem(weights.REGISTRY, NC, ModelEntry(**{**NC_ENTRY.__dict__, "repo_id": "nobody/nothing"}))
+    with pytest.raises(ModelNotFoundError, match="repository nobody/nothing was not found"):
+        load_model(NC, accept_license=True)
+
+
+def test_missing_file(hub, monkeypatch):
+    monkeypatch.setitem(weights.REGISTRY, NC, ModelEntry(**{**NC_ENTRY.__dict__, "filename": "gone.zip"}))
+    with pytest.raises(ModelNotFoundError, match=f"gone.zip does not exist in the Hugging Face repository {NC_ENTRY.repo_id}"):
+        load_model(NC, accept_license=True)
+
+
+def test_offline_with_empty_cache(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="not in the Hugging Face cache .* downloads are disabled"):
+        load_model(NC, accept_license=True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(DownloadError, match="not in the Hugging Face cache"):
+        weights.fetch_model(NC, local_files_only=True)
+    assert downloads(hub) == []
+    assert all(row["path"] is None for row in weights.models_status() if row["name"] in (NC, MIT))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random"])
+def test_corrupt_archive_from_hub(hub, archives, kind):
+    hub.add_file(NC_ENTRY.repo_id, NC_ENTRY.filename, archives[kind])
+    with pytest.raises(ArchiveError) as caught:
+        load_model(NC, accept_license=True)
+    message = str(caught.value)
+    assert "truncated or corrupt" in message and "Hugging Face cache" in message
+    assert str(weights.fetch_model(NC).resolve()) in message and "force_download=True" in message
+
+
+def test_damaged_cached_copy_is_repaired_by_force_download(hub, archives):
+    path = weights.fetch_model(NC)
+    blob = path.resolve()
+    blob.write_bytes(archives["good"][:1000])  # damaged on disk after a good download
+    with pytest.raises(ArchiveError, match="force_download=True"):
+        load_model(NC, accept_license=True)
+    assert weights.fetch_model(NC, force_download=True).read_bytes() == archives["good"]
+    assert load_model(NC, accept_license=True).metadata["version"] == 1
+
+
+def test_unsupported_config_passes_through(hub, archives, tmp_path):
+    hub.add_file(NC_ENTRY.repo_id, NC_ENTRY.filename, archives["unsupported"])
+    with pytest.raises(UnsupportedConfigError, match="gate_nodes"):
+        load_model(NC, accept_license=True)
+    with pytest.raises(UnsupportedConfigError, match="gate_nodes"):
+        load_model(_write(tmp_path / "unsupported.zip", archives["unsupported"]), accept_license=True)
+
+
+def test_unknown_names_and_missing_paths():
+    with pytest.raises(ModelNotFoundError, match="unknown model 'no-such-model'") as caught:
+        load_model("no-such-model")
+    assert all(name in str(caught.value) for name in ("mace-organics", "mace-ase-small-xtb", "path"))
+    with pytest.raises(ModelNotFoundError, match="unknown model name 'no-such-model'.*mace-organics"):
+        weights.fetch_model("no-such-model")
+    with pytest.raises(ModelNotFoundError, match="no model archive at some/where.zip"):
+        load_model("some/where.zip")
+    with pytest.raises(TypeError):
+        load_model(3.5)
+
+
+def test_model_object_returned_as_is():
+    model = small_model(radial_mlp_hidden=(64, 64, 64))
+    assert load_model(model) is model
+
+
+# ------------------------------------------------------------------ bundled default
+
+
+def test_bundled_default_missing(monkeypatch, tmp_path):
+    from mace_ase.calculator import MaceCalculator
+
+    monkeypatch.setattr(weights, "_bundled_root", lambda: tmp_path)  # an installation without the file
+    for make in (load_model, MaceCalculator):
+        with pytest.raises(ModelNotFoundError) as caught:
+            make()
+        message = str(caught.value)
+        assert "bundled model 'mace-ase-small-xtb'" in message and "missing from this installation" in message
+        assert "path to a model archive" in message and "mace-organics" in message
+    [row] = [r for r in weights.models_status() if r["name"] == weights.DEFAULT_MODEL]
+    assert row["path"] is None and row["bundled"]
+
+
+def test_bundled_default_loads_placeholder_in_tests_only(monkeypatch, tmp_path, archives):
+    from mace_ase.calculator import MaceCalculator
+
+    placeholder = small_model(radial_mlp_hidden=(64, 64, 64))
+    placeholder.metadata = {"name": "PLACEHOLDER-for-tests-only", "license": "MIT"}
+    save_archive(placeholder, tmp_path / "mace-ase-small-xtb.zip")
+    monkeypatch.setattr(weights, "_bundled_root", lambda: tmp_path)
+    model = load_model(None)
+    assert model.metadata["name"] == "PLACEHOLDER-for-tests-only"
+    assert model.metadata["source"] == "bundled:mace-ase-small-xtb.zip"
+    assert same_params(model, placeholder)
+    assert MaceCalculator().model.metadata["name"] == "PLACEHOLDER-for-tests-only"
+    assert weights.fetch_model(weights.DEFAULT_MODEL) == tmp_path / "mace-ase-small-xtb.zip"
+    [row] = [r for r in weights.models_status() if r["name"] == weights.DEFAULT_MODEL]
+    assert row["path"] == str(tmp_path / "mace-ase-small-xtb.zip")
+
+
+def test_shipped_default_if_present_is_real_and_matches_registry():
+    entry = weights.REGISTRY[weights.DEFAULT_MODEL]
+    path = REPO / "weights" / entry.filename
+    if not path.exists():
+        pytest.skip("the bundled default model has not been added to weights/ yet")
+    model = load_model(None)
+    assert "placeholder" not in json.dumps(model.metadata).lower()
+    assert model.metadata.get("license", entry.license) == entry.license
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
