@@ -129,7 +129,7 @@ def load_model(
 
 
 def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only) -> "MaceModel":
-    _license_gate(entry, accept)  # before a download the user may not be allowed to use
+    _license_gate(entry, accept)  # before downloading a model the user may not be allowed to use
     if entry.bundled:
         path = _bundled_file(entry)
         model = _read(path)
@@ -144,6 +144,7 @@ def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_fil
     model.metadata.setdefault("license", entry.license)
     model.metadata.setdefault("commercial_use", entry.commercial_use)
     model.metadata["source"] = _source(entry, revision)
+    _announce(stricter or entry)
     return model
 
 
@@ -158,6 +159,7 @@ def _load_path(path: Path, accept: bool | None) -> "MaceModel":
         restricted = _entry_from_metadata(model.metadata, path)
     if restricted is not None:
         _license_gate(restricted, accept)
+        _announce(restricted)
     if known is not None:
         model.metadata.setdefault("name", known.name)
         model.metadata.setdefault("license", known.license)
@@ -255,6 +257,13 @@ def fetch_model(
 
     revision = revision or entry.revision
     offline = _offline(local_files_only)
+    if offline and not force_download:
+        # Straight from the cache folder: hf_hub_download would still build request headers,
+        # which can make huggingface_hub look something up on the Hub.
+        cached = _cached_file(entry, revision)
+        if cached is None:
+            raise _offline_miss(entry, revision)
+        return cached
     try:
         path = hf_hub_download(
             entry.repo_id,
@@ -305,7 +314,8 @@ def _hub_cache_dir() -> str | None:
     return None
 
 
-def _describe_cache() -> str:
+def hf_cache_dir() -> str:
+    """The Hugging Face cache folder that downloads go to (HF_HUB_CACHE, HF_HOME/hub, or the default)."""
     from huggingface_hub import constants
 
     return _hub_cache_dir() or constants.HF_HUB_CACHE
@@ -336,12 +346,7 @@ def _download_failure(entry: ModelEntry, revision: str | None, offline: bool, er
             "(it does not exist, or is private or gated and needs `hf auth login`)"
         )
     if isinstance(error, LocalEntryNotFoundError) and offline:
-        return DownloadError(
-            f"model '{entry.name}' is not in the Hugging Face cache ({_describe_cache()}) and downloads are "
-            f"disabled (HF_HUB_OFFLINE or local_files_only). Download it once with network access "
-            f"(`mace-ase fetch {entry.name}`), or download {_manual_download(entry, revision)} "
-            "and pass the file's path"
-        )
+        return _offline_miss(entry, revision)
     if isinstance(error, EntryNotFoundError) and not isinstance(error, LocalEntryNotFoundError):
         return ModelNotFoundError(
             f"model '{entry.name}': the file {entry.filename} does not exist in the Hugging Face repository {where}"
@@ -364,9 +369,26 @@ def _download_failure(entry: ModelEntry, revision: str | None, offline: bool, er
     return DownloadError(
         f"could not download model '{entry.name}': the Hugging Face Hub at {endpoint} is unreachable or the "
         f"transfer failed ({type(cause).__name__}: {_first_line(cause)}), and the file is not in the local cache "
-        f"({_describe_cache()}). On a machine with internet access, download {_manual_download(entry, revision)}, "
+        f"({hf_cache_dir()}). On a machine with internet access, download {_manual_download(entry, revision)}, "
         "copy the file here and pass its path (model='/path/to/file'); or copy that machine's Hugging Face cache "
         "folder here. Set HF_HUB_OFFLINE=1 to use the cache without trying the network"
+    )
+
+
+def _cached_file(entry: ModelEntry, revision: str | None) -> Path | None:
+    """The file in the Hugging Face cache, found without any network access; None if absent."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=_hub_cache_dir(), revision=revision)
+    return Path(found) if isinstance(found, str) else None  # None, or "known not to exist"
+
+
+def _offline_miss(entry: ModelEntry, revision: str | None) -> DownloadError:
+    return DownloadError(
+        f"model '{entry.name}' is not in the Hugging Face cache ({hf_cache_dir()}) and downloads are "
+        f"disabled (HF_HUB_OFFLINE or local_files_only). Download it once with network access and "
+        f"HF_HUB_OFFLINE unset (`mace-ase fetch {entry.name}`), or download {_manual_download(entry, revision)} "
+        "and pass the file's path"
     )
 
 
@@ -434,8 +456,9 @@ def accept_license(name: str) -> Path:
 
 
 def _accepted_by_env(name: str) -> bool:
+    """MACE_ASE_ACCEPT_LICENSE: comma-separated names, or 'all' (also 1/true/yes)."""
     names = {part.strip().lower() for part in os.environ.get(ENV_ACCEPT, "").split(",")}
-    return "all" in names or name.lower() in names
+    return bool(names & {"all", "1", "true", "yes"}) or name.lower() in names
 
 
 def license_accepted(name: str) -> bool:
@@ -454,12 +477,14 @@ _announced: set[str] = set()
 
 
 def _license_gate(entry: ModelEntry, accept: bool | None) -> None:
-    """Refuse a non-commercial model without acceptance; once accepted, show the terms once per process."""
-    if entry.commercial_use:
-        return
-    if not (accept or license_accepted(entry.name)):
+    """Refuse a non-commercial model whose licence was not accepted."""
+    if not entry.commercial_use and not (accept or license_accepted(entry.name)):
         raise LicenseNotAcceptedError(_refusal(entry))
-    if entry.name not in _announced:
+
+
+def _announce(entry: ModelEntry) -> None:
+    """Show the terms of a non-commercial model once per process, when it has loaded."""
+    if not entry.commercial_use and entry.name not in _announced:
         _announced.add(entry.name)
         print(
             f"mace-ase: model '{entry.name}' is used under the {entry.license} licence "
@@ -546,6 +571,6 @@ def models_status() -> list[dict]:
 
 def _local_path(entry: ModelEntry) -> str | None:
     try:
-        return str(fetch_model(entry.name, local_files_only=True))
+        return str(fetch_model(entry.name, local_files_only=True))  # never the network
     except (ModelNotFoundError, DownloadError):
         return None
