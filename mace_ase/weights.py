@@ -28,6 +28,7 @@ import datetime
 import importlib.resources
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -502,9 +503,15 @@ def _refusal(entry: ModelEntry) -> str:
         f"  1. pass accept_license=True (load_model(..., accept_license=True), "
         f"MaceCalculator(..., accept_license=True));\n"
         f"  2. set the environment variable {ENV_ACCEPT}={entry.name} (comma-separated names, or 'all');\n"
-        f"  3. record it once for this user: `mace-ase fetch {entry.name} --accept-license` "
-        f"(or mace_ase.weights.accept_license({entry.name!r})), saved in {_licenses_path()}"
+        f"  3. record it once for this user: {_record_hint(entry.name)}, saved in {_licenses_path()}"
     )
+
+
+def _record_hint(name: str) -> str:
+    python = f"mace_ase.weights.accept_license({name!r})"
+    if name in REGISTRY:  # the CLI records names it knows
+        return f"`mace-ase fetch {name} --accept-license` (or {python})"
+    return python
 
 
 def _indent(text: str) -> str:
@@ -515,14 +522,16 @@ def _entry_from_metadata(metadata: dict, path: Path, default_name: str | None = 
     """The licence terms an archive declares, if they forbid commercial use; else None.
 
     Non-commercial means ``commercial_use: false`` in the metadata, or a ``license`` that
-    says non-commercial, or the licence of a registered model that forbids it.
+    says non-commercial (or NC, as in CC-BY-NC-4.0), or the licence of a registered model
+    that forbids it.
     """
     license_id = metadata.get("license")
     registered = next((e for e in REGISTRY.values() if license_id and e.license == license_id), None)
-    flat = str(license_id or "").lower().replace("-", "").replace(" ", "").replace("_", "")
+    words = re.split(r"[^a-z0-9]+", str(license_id or "").lower())  # "CC-BY-NC-4.0" -> cc, by, nc, 4, 0
     restricted = (
         metadata.get("commercial_use") is False
-        or "noncommercial" in flat
+        or "nc" in words
+        or "noncommercial" in "".join(words)
         or (registered is not None and not registered.commercial_use)
     )
     if not restricted:

@@ -160,6 +160,13 @@ def test_revision_pinning(hub, archives, monkeypatch):
         load_model(NC, accept_license=True, revision="v9")
 
 
+def test_registered_as_commercial_but_archive_says_non_commercial(hub, archives):
+    hub.add_file(MIT_ENTRY.repo_id, MIT_ENTRY.filename, archives["good"])  # metadata: Test non-commercial
+    with pytest.raises(LicenseNotAcceptedError, match=f"model '{MIT}' is licensed under the Test non-commercial"):
+        load_model(MIT)
+    assert load_model(MIT, accept_license=True).metadata["license"] == "Test non-commercial"
+
+
 def test_commercial_model_needs_no_acceptance_and_prints_nothing(hub, capsys):
     model = load_model(MIT)
     assert model.metadata["license"] == "MIT"
@@ -260,16 +267,24 @@ def test_local_archive_with_non_commercial_metadata_is_gated(archives, tmp_path,
     monkeypatch.setenv(weights.ENV_ACCEPT, NC)  # the name in the archive's metadata
     assert load_model(str(path)).metadata["license"] == "Test non-commercial"
     assert capsys.readouterr().err.count("TEST-SUMMARY") == 1
+    unregistered = _write(tmp_path / "other.zip", _with_metadata(archives["good"], name="lab-model", license="CC-BY-NC-4.0"))
+    with pytest.raises(LicenseNotAcceptedError) as caught:
+        load_model(unregistered)
+    assert "CC-BY-NC-4.0" in str(caught.value) and "accept_license('lab-model')" in str(caught.value)
+    assert "mace-ase fetch" not in str(caught.value)  # the CLI only knows registered names
+    weights.accept_license("lab-model")
+    assert load_model(unregistered).metadata["name"] == "lab-model"
+    custom = _write(tmp_path / "custom.zip", _with_metadata(archives["good"], license="Custom", commercial_use=False))
+    with pytest.raises(LicenseNotAcceptedError, match="'custom' is licensed under the Custom licence"):
+        load_model(custom)  # no name in the metadata: named after the file
     mit = _write(tmp_path / "mit.zip", archives["mit"])
     monkeypatch.delenv(weights.ENV_ACCEPT)
     assert load_model(mit).metadata["license"] == "MIT"
 
 
-def test_downloaded_file_recognised_by_registry_filename(tmp_path, monkeypatch):
+def test_downloaded_file_recognised_by_registry_filename(tmp_path, archives):
     """mlip's archives carry no mace-ase metadata: a published file passed as a path is gated by its name."""
-    model = small_model(radial_mlp_hidden=(64, 64, 64))
-    model.metadata = {}
-    path = save_archive(model, tmp_path / NC_ENTRY.filename)
+    path = _write(tmp_path / NC_ENTRY.filename, _with_metadata(archives["mit"]))  # no mace_ase.json at all
     with pytest.raises(LicenseNotAcceptedError, match=NC):
         load_model(path)
     loaded = load_model(path, accept_license=True)
@@ -409,6 +424,19 @@ def test_shipped_default_if_present_is_real_and_matches_registry():
     model = load_model(None)
     assert "placeholder" not in json.dumps(model.metadata).lower()
     assert model.metadata.get("license", entry.license) == entry.license
+
+
+def _with_metadata(archive: bytes, **metadata) -> bytes:
+    """The archive with its mace_ase.json replaced by `metadata`."""
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for item in source.namelist():
+            if item != "mace_ase.json":
+                target.writestr(item, source.read(item))
+        if metadata:
+            target.writestr("mace_ase.json", json.dumps(metadata))
+    return buffer.getvalue()
 
 
 def _write(path: Path, data: bytes) -> Path:
