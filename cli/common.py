@@ -7,6 +7,7 @@ functions, so `mace-ase --help` stays fast.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import click
@@ -194,6 +195,6 @@ class FrameWriter:
 def progressbar(length: int, label: str, show=None):
     """A click progress bar on stderr (just the label where stderr is not a terminal)."""
     return click.progressbar(
-        length=length, label=label, file=click.get_text_stream("stderr"),
+        length=length, label=label, file=sys.stderr,
         show_pos=True, show_eta=True, item_show_func=show,
     )

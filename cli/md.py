@@ -8,6 +8,7 @@ closes the files, draws the plot and exits with status 130; a second Ctrl-C abor
 from __future__ import annotations
 
 import signal
+import warnings
 from pathlib import Path
 
 import click
@@ -76,7 +77,9 @@ class EnergyLog:
 
 def plot_energies(log: Path, png: Path) -> bool:
     """Energies (relative to the first total energy) and temperature against time; False if no data."""
-    data = np.loadtxt(log, ndmin=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a log without data lines (stopped before the first step)
+        data = np.loadtxt(log, ndmin=2)
     if len(data) == 0:
         return False
     import matplotlib

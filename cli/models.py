@@ -5,10 +5,15 @@ from __future__ import annotations
 import click
 
 
+def _acceptance(accepted: bool | None, commercial_use: bool) -> str:
+    if commercial_use:
+        return "no acceptance needed"
+    return "accepted" if accepted else "NOT accepted"
+
+
 def _licence_line(entry, accepted: bool) -> str:
-    commercial = "commercial use allowed" if entry.commercial_use else "NON-COMMERCIAL"
-    summary = f": {entry.license_summary}" if getattr(entry, "license_summary", None) else ""
-    return f"{entry.license} ({commercial}){summary}; {'accepted' if accepted else 'not accepted'}"
+    use = "commercial use allowed" if entry.commercial_use else "non-commercial"
+    return f"{entry.license} ({use}; {_acceptance(accepted, entry.commercial_use)})"
 
 
 def _entry(name: str):
@@ -40,6 +45,8 @@ def fetch(name, revision, accept_license):
     click.echo(f"model    {name}")
     click.echo(f"path     {path}")
     click.echo(f"licence  {_licence_line(entry, accepted)}")
+    if not entry.commercial_use:
+        click.echo(entry.license_summary, err=True)
     if not accepted and not entry.commercial_use:
         click.echo(
             f"To use it, accept the licence: `mace-ase fetch {name} --accept-license`, "
@@ -51,21 +58,37 @@ def _registry_lines(status: list[dict], default: str | None) -> list[str]:
     lines = []
     for row in status:
         mark = " (default)" if row["name"] == default else ""
-        where = row.get("path") or ("bundled" if row.get("bundled") else "not downloaded")
-        commercial = "commercial use ok" if row.get("commercial_use") else "non-commercial"
-        accepted = "accepted" if row.get("license_accepted") else "not accepted"
+        where = row.get("path") or ("bundled, but missing from this install" if row.get("bundled") else "not downloaded")
+        use = "commercial use allowed" if row.get("commercial_use") else "non-commercial"
+        accepted = _acceptance(row.get("license_accepted"), bool(row.get("commercial_use")))
         lines.append(f"  {row['name']}{mark}")
-        lines.append(f"      licence  {row['license']} ({commercial}; {accepted})")
-        lines.append(f"      source   {row.get('repo_id') or '-'}/{row.get('filename') or '-'} @ {row.get('revision') or '-'}")
+        lines.append(f"      licence  {row['license']} ({use}; {accepted})")
+        if row.get("repo_id"):
+            pin = f" @ {row['revision']}" if row.get("revision") else ""
+            lines.append(f"      source   huggingface.co/{row['repo_id']} {row['filename']}{pin}")
+        else:
+            lines.append(f"      source   bundled with the package ({row['filename']})")
         lines.append(f"      file     {where}")
     return lines
+
+
+def _hf_cache() -> str:
+    """Where huggingface_hub puts downloads: HF_HUB_CACHE, else HF_HOME/hub, else its default."""
+    import os
+
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return constants.HF_HUB_CACHE
 
 
 @click.command()
 def info():
     """The model registry, cache and config folders, JAX version, devices and precision."""
     import ase
-    import huggingface_hub.constants
     import jax
 
     import mace_ase
@@ -78,7 +101,7 @@ def info():
     click.echo(f"devices        {', '.join(str(d) for d in jax.devices())}")
     x64 = "on" if jax.config.jax_enable_x64 else "off"
     click.echo(f"precision      float32 by default (--dtype float64 per command; jax_enable_x64 {x64})")
-    click.echo(f"HF cache       {huggingface_hub.constants.HF_HUB_CACHE}")
+    click.echo(f"HF cache       {_hf_cache()}")
     click.echo(f"config folder  {weights.config_dir()}")
     click.echo(f"default model  {default or '-'}")
     click.echo("models:")
