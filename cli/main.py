@@ -10,6 +10,7 @@ too, unless `mace-ase --debug ...` asks for the traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -21,8 +22,10 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 def _explain(error: BaseException) -> str | None:
     """The one-line message for an error the user can act on; None for a bug."""
-    from mace_ase.errors import MaceAseError
+    from mace_ase.errors import LicenseNotAcceptedError, MaceAseError
 
+    if isinstance(error, LicenseNotAcceptedError):
+        return _licence_refusal(str(error))
     if isinstance(error, MaceAseError):
         return one_line(error)
     if isinstance(error, OSError) and error.filename is not None:
@@ -30,6 +33,20 @@ def _explain(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return one_line(error)
     return None
+
+
+def _licence_refusal(message: str) -> str:
+    """The library's refusal (many lines: the licence summary, the ways to accept) as one CLI line."""
+    first = message.splitlines()[0].removesuffix("Licence summary:").strip()
+    name = re.search(r"model '([^']+)'", first)
+    if name is None:
+        return f"{one_line(message)}; or add --accept-license"
+    name, terms = name.group(1), re.search(r"Full terms: (\S+)", message)
+    terms = f" Terms: {terms.group(1)}" if terms else ""
+    return (
+        f"{first} To accept it (non-commercial use only): add --accept-license to this command, "
+        f"set MACE_ASE_ACCEPT_LICENSE={name}, or record it once with `mace-ase fetch {name} --accept-license`.{terms}"
+    )
 
 
 class MaceAseGroup(click.Group):
@@ -95,6 +112,10 @@ def _register() -> None:
 
 
 _register()
+
+from .train import train_command  # noqa: E402  (mace_ase.training's CLI verb)
+
+main.add_command(train_command)
 
 if __name__ == "__main__":
     main()

@@ -72,19 +72,6 @@ def _registry_lines(status: list[dict], default: str | None) -> list[str]:
     return lines
 
 
-def _hf_cache() -> str:
-    """Where huggingface_hub puts downloads: HF_HUB_CACHE, else HF_HOME/hub, else its default."""
-    import os
-
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return constants.HF_HUB_CACHE
-
-
 @click.command()
 def info():
     """The model registry, cache and config folders, JAX version, devices and precision."""
@@ -101,7 +88,7 @@ def info():
     click.echo(f"devices        {', '.join(str(d) for d in jax.devices())}")
     x64 = "on" if jax.config.jax_enable_x64 else "off"
     click.echo(f"precision      float32 by default (--dtype float64 per command; jax_enable_x64 {x64})")
-    click.echo(f"HF cache       {_hf_cache()}")
+    click.echo(f"HF cache       {weights.hf_cache_dir()}")
     click.echo(f"config folder  {weights.config_dir()}")
     click.echo(f"default model  {default or '-'}")
     click.echo("models:")

@@ -324,6 +324,16 @@ def test_fetch_prints_path_and_records_licence(registry, tmp_path):
     assert_one_line_error(cli("fetch", "no-such-model", expect=1), "no-such-model", "test-aspirin")
 
 
+def test_licence_gate_on_a_command(registry, workdir):
+    refused = cli("md", ASPIRIN, "--model", "test-aspirin", "--steps", "0", expect=1)
+    assert_one_line_error(refused, "test-aspirin", "licence", "--accept-license")
+    assert not (workdir / "aspirin-md.xyz").exists()
+
+    accepted = cli("md", ASPIRIN, "--model", "test-aspirin", "--steps", "0", "--accept-license")
+    assert "(1 frames)" in field(accepted.stdout, "trajectory")
+    assert not (workdir / "config" / "licenses.json").exists()  # accepted for this run only
+
+
 def test_info_lists_registry_folders_and_jax(registry, tmp_path):
     from mace_ase import weights
 
