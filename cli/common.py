@@ -116,6 +116,19 @@ def read_structure(path: Path, index: str, file_format: str | None):
     return frames[0]
 
 
+def check_output_format(path: Path) -> None:
+    """Refuse an output name ASE cannot write before any work is done."""
+    import ase.io.formats
+
+    try:
+        name = ase.io.formats.filetype(path, read=False)
+    except Exception as error:
+        raise click.ClickException(f"cannot write {path}: {one_line(error)}; use e.g. .xyz") from None
+    io = ase.io.formats.ioformats.get(name)
+    if io is None or not io.can_write:
+        raise click.ClickException(f"cannot write {path}: ASE has no writer for '{name}'; use e.g. .xyz")
+
+
 def write_frames(path: Path, frames, file_format: str | None = None) -> None:
     import ase.io
 

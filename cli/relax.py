@@ -9,6 +9,7 @@ import numpy as np
 
 from .common import (
     FrameWriter,
+    check_output_format,
     default_output,
     existing_file,
     frozen,
@@ -89,6 +90,7 @@ def relax(structure, index, file_format, fmax, steps, optimizer, cell, model, dt
     if cell:
         _check_cell(atoms, structure)
     output = output or default_output(structure, "-relaxed.xyz")
+    check_output_format(output)
     atoms.calc = make_calculator(model, dtype, accept_license)
 
     converged, done = run_relaxation(

@@ -266,6 +266,7 @@ def test_one_line_errors(workdir):
     assert_one_line_error(cli("relax", "silane.xyz", "--model", MODEL, expect=1), "Si")
     assert_one_line_error(cli("eval", ASPIRIN, "--model", "no-such-model", expect=1), "no-such-model")
     assert_one_line_error(cli("relax", ASPIRIN, "--optimizer", "NEWTON", expect=2), "optimizer")
+    assert_one_line_error(cli("relax", ASPIRIN, "--model", MODEL, "-o", "out.foo", expect=1), "out.foo")
     assert_one_line_error(cli("md", ASPIRIN, "--model", MODEL, "--trajectory", "t.png", expect=1), "trajectory")
 
 
