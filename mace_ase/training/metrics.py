@@ -1,0 +1,56 @@
+"""Per-epoch metrics: a JSON-lines file and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(path, rows: list[dict]) -> None:
+    """Rewrite the whole file (small), atomically."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def plot_metrics(rows: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(epochs, [r["train_loss"] for r in rows], label="train loss")
+    axes[0].set_ylabel("weighted loss")
+    axes[1].plot(epochs, [r["valid_energy_per_atom_mae_meV"] for r in rows], label="MAE")
+    axes[1].plot(epochs, [r["valid_energy_per_atom_rmse_meV"] for r in rows], label="RMSE")
+    axes[1].set_ylabel("validation energy error (meV/atom)")
+    axes[2].plot(epochs, [r["valid_forces_mae_meV_A"] for r in rows], label="MAE")
+    axes[2].plot(epochs, [r["valid_forces_rmse_meV_A"] for r in rows], label="RMSE")
+    axes[2].set_ylabel("validation force error (meV/Å)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, path)
