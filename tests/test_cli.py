@@ -34,17 +34,24 @@ ASPIRIN = EXAMPLES / "aspirin.xyz"
 
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
-    """A persistent JAX compilation cache for this module, restored afterwards."""
+    """A persistent JAX compilation cache for this module, restored afterwards.
+
+    JAX sets its cache up once per process; reset_cache() makes it read the settings again.
+    """
+    from jax._src import compilation_cache
+
     path = tmp_path_factory.mktemp("jax-cache")
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes")
     saved = {name: getattr(jax.config, name) for name in names}
+    compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield path
     for name, value in saved.items():
         jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 @pytest.fixture
