@@ -285,3 +285,25 @@ print(calc.compile_count)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split()[-1] == "1"
     assert any("energy_forces" in p.name for p in tmp_path.iterdir())
+
+
+def test_float32_and_float64_calculators_in_one_process_without_global_x64():
+    """Each calculator enables x64 only around its own calls; both precisions coexist (subprocess:
+    the test session itself runs with x64 on)."""
+    script = f"""
+import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+import jax
+from conftest import small_model
+jax.config.update("jax_enable_x64", False)
+from ase.build import molecule
+from mace_ase.calculator import MaceCalculator
+model = small_model()
+e64 = MaceCalculator(model, dtype="float64").get_potential_energy(molecule("CH3CH2OH"))
+e32 = MaceCalculator(model, dtype="float32").get_potential_energy(molecule("CH3CH2OH"))
+e64_again = MaceCalculator(model, dtype="float64").get_potential_energy(molecule("CH3CH2OH"))
+print(e64, e32, e64_again)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    e64, e32, e64_again = map(float, out.stdout.split()[-3:])
+    assert e64 == e64_again
+    assert abs(e32 - e64) < 1e-4 * abs(e64)

@@ -213,9 +213,14 @@ def message_plan(config: MaceConfig, layer: int):
                 columns.append(block)
                 slot_path += [path_index[(ir_out, p)]] * ir_out.dim
         if columns:
-            sources.append((ir_in, np.concatenate(columns, axis=-1), np.asarray(slot_path)))
+            sources.append((ir_in, np.concatenate(columns, axis=-1), np.asarray(slot_path, np.int32)))
             total += len(slot_path)
-    gather = {ir_out: np.stack([slot_of[(ir_out, p)] for p in range(len(ir_paths))]) for ir_out, ir_paths in paths.items()}
+    # int32 indices: these cached tables serve float32 and float64 (x64) programs alike, and an
+    # int64 index inside a 32-bit program breaks JAX's index normalisation.
+    gather = {
+        ir_out: np.stack([slot_of[(ir_out, p)] for p in range(len(ir_paths))]).astype(np.int32)
+        for ir_out, ir_paths in paths.items()
+    }
     return tuple(sources), gather, total
 
 
