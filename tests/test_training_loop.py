@@ -191,3 +191,40 @@ def test_fine_tuning_starts_from_the_archive(tmp_path, reference_run):
     # One more epoch from the trained weights: far better than a fresh model's first epoch.
     fresh_first = read_metrics(os.path.join(reference_run[0].output_dir, "metrics.jsonl"))[0]
     assert tuned["metrics"]["valid_forces_mae_meV_A"] < 0.9 * fresh_first["valid_forces_mae_meV_A"]
+
+
+def test_resume_refuses_changed_settings(tmp_path, reference_run):
+    import shutil
+
+    s, _ = reference_run
+    copy = tmp_path / "copy"
+    shutil.copytree(s.output_dir, copy)
+    with pytest.raises(ValueError, match="seed"):
+        train(settings(tmp_path, "copy", seed=1), resume=True, log=lambda *_: None)
+
+
+def test_cli_train_with_a_config_file(tmp_path, reference_run):
+    import json
+
+    from click.testing import CliRunner
+
+    from mace_ase.cli.main import main
+
+    config = settings(tmp_path, "cli").to_dict()
+    config.update(epochs=1, output_dir="cli-run", _comment="relative paths are resolved against this file")
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["train", "--config", str(path), "--quiet", "--set", "archive_name=tiny.zip"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli-run" / "tiny.zip").exists()
+    assert "wrote" in result.output and "force MAE" in result.output
+    bad = CliRunner().invoke(main, ["train", "--config", str(path), "--set", "no_such_option=1"])
+    assert bad.exit_code != 0 and "no_such_option" in bad.output
+
+
+def test_toml_config(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('train_file = "data.xyz"\nepochs = 7\nradial_mlp_hidden = [64, 64, 64]\n[hdf5_options]\nlength_unit = "bohr"\n')
+    s = TrainSettings.from_file(path)
+    assert s.epochs == 7 and s.radial_mlp_hidden == (64, 64, 64) and s.hdf5_options == {"length_unit": "bohr"}
+    assert s.train_file == str(tmp_path / "data.xyz")

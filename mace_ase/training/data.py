@@ -150,6 +150,8 @@ def read_frames(path, energy_key: str | None = None, forces_key: str | None = No
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
         return read_rmd17(path)
+    if hdf5_options and suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"hdf5_options given for {path}, which is not an HDF5 file")
     if suffix in (".h5", ".hdf5"):
         keys = {}
         if energy_key:

@@ -15,6 +15,7 @@ class TrainSettings:
     valid_file: str | None = None  # else a split of train_file
     energy_key: str | None = None  # ASE files: default "energy"; HDF5: default "wb97x_dz.energy"
     forces_key: str | None = None
+    hdf5_options: dict | None = None  # e.g. SPICE: {"positions_key": "conformations", "length_unit": "bohr", ...}
     valid_fraction: float = 0.1
     group_key: str | None = None  # split whole groups (e.g. "mol_name")
     max_train_frames: int | None = None  # first N after the split (small runs, tests)

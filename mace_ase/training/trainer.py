@@ -58,12 +58,13 @@ class Prepared:
 
 
 def load_data(s: TrainSettings):
-    frames = data_module.read_frames(s.train_file, s.energy_key, s.forces_key)
+    hdf5 = dict(s.hdf5_options or {})
+    frames = data_module.read_frames(s.train_file, s.energy_key, s.forces_key, **hdf5)
     isolated = [f for f in frames if data_module.is_isolated_atom(f)]
     frames = [f for f in frames if not data_module.is_isolated_atom(f)]
     if s.valid_file:
         train = frames
-        valid = [f for f in data_module.read_frames(s.valid_file, s.energy_key, s.forces_key) if not data_module.is_isolated_atom(f)]
+        valid = [f for f in data_module.read_frames(s.valid_file, s.energy_key, s.forces_key, **hdf5) if not data_module.is_isolated_atom(f)]
     else:
         train, valid = data_module.split_frames(frames, s.valid_fraction, s.seed, s.group_key)
     if s.max_train_frames is not None:
@@ -209,8 +210,10 @@ def train(s: TrainSettings, resume: bool = False, progress: Callable | None = No
     checkpoint = out / CHECKPOINT
     if resume and checkpoint.exists():
         state, meta = load_checkpoint(checkpoint, state)
-        if meta["settings"] != _resumable(s.to_dict()):
-            raise ValueError(f"{checkpoint} was written with different settings; start a new output_dir or drop --resume")
+        changed = _changed_settings(meta["settings"], _resumable(s.to_dict()))
+        if changed:
+            raise ValueError(f"{checkpoint} was written with different settings ({', '.join(changed)}); "
+                             "start a new output_dir or drop --resume")
         first_epoch = meta["epoch"] + 1
         rows = [r for r in read_metrics(out / METRICS) if r["epoch"] <= meta["epoch"]]
         log(f"resuming from {checkpoint} after epoch {meta['epoch']}")
@@ -291,6 +294,12 @@ def train(s: TrainSettings, resume: bool = False, progress: Callable | None = No
         "params": params,
         "ema_params": final,
     }
+
+
+def _changed_settings(stored: dict, current: dict) -> list[str]:
+    """Names whose values differ; an option missing on one side counts as its default."""
+    defaults = _resumable(TrainSettings().to_dict())
+    return sorted(k for k in set(stored) | set(current) if stored.get(k, defaults.get(k)) != current.get(k, defaults.get(k)))
 
 
 def _resumable(d: dict) -> dict:
