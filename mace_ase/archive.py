@@ -27,6 +27,9 @@ HYPERPARAMS = "hyperparams.json"
 PARAMS = "params.npz"
 METADATA = "mace_ase.json"
 MLIP_VERSION_WRITTEN = "0.2.5"
+# mace_ase.json key for MaceConfig fields that mlip's hyperparams.json has no place for.
+CONFIG_KEY = "mace_ase_config"
+MLIP_RADIAL_MLP_HIDDEN = (64, 64, 64)  # mlip v1's fixed radial MLP
 
 
 
@@ -207,12 +210,36 @@ def load_archive(path: str | os.PathLike) -> MaceModel:
             "(mlip.models_v1.mace); other architectures and mlip v2 models are not supported"
         )
     config = config_from_mlip(hyperparams)
+    metadata = dict(metadata)
+    stored = metadata.pop(CONFIG_KEY, {}) or {}
+    hidden = _radial_mlp_hidden(flat)
+    if "radial_mlp_hidden" in stored and tuple(stored["radial_mlp_hidden"]) != hidden:
+        raise ArchiveError(
+            f"{path}: {METADATA} says radial_mlp_hidden={tuple(stored['radial_mlp_hidden'])} "
+            f"but the radial MLP parameters have hidden sizes {hidden}"
+        )
+    if hidden:
+        config = config.replace(radial_mlp_hidden=hidden)
     try:
         params = params_from_flat(config, flat)
     except (KeyError, ValueError) as error:
         raise ArchiveError(f"{path}: {error.args[0]}") from None
     metadata = {"mlip_version": hyperparams.get("version"), **metadata}
     return MaceModel(config=config, params=params, metadata=metadata)
+
+
+_RADIAL_KERNEL = MLIP_PREFIX + "layer_0#InteractionBlock_0#MessagePassingConvolution_0#MultiLayerPerceptron_0#Dense_{}#kernel"
+
+
+def _radial_mlp_hidden(flat: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """Hidden widths of the radial MLP, read off the kernels' shapes (mlip itself fixes 64,64,64).
+
+    Empty when the archive has no such kernels (params_from_flat then names what is missing).
+    """
+    shapes = []
+    while _RADIAL_KERNEL.format(len(shapes)) in flat:
+        shapes.append(np.shape(flat[_RADIAL_KERNEL.format(len(shapes))]))
+    return tuple(int(shape[-1]) for shape in shapes[:-1])
 
 
 def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:
@@ -229,7 +256,10 @@ def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
         archive.writestr(PARAMS, buffer.getvalue())
-        metadata = {k: v for k, v in model.metadata.items() if k != "mlip_version"}
+        metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", CONFIG_KEY)}
+        if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
+            # Not an mlip hyper-parameter (mlip fixes 64,64,64): kept where mlip does not look.
+            metadata[CONFIG_KEY] = {"radial_mlp_hidden": list(model.config.radial_mlp_hidden)}
         if metadata:
             archive.writestr(METADATA, json.dumps(metadata, indent=1))
     os.replace(tmp, path)
