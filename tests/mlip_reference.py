@@ -1,9 +1,10 @@
 """Helpers that build and evaluate models with InstaDeep's mlip (the reference implementation).
 
 Used by test_parity_mlip.py and tests/data/make_golden.py; importing this module needs mlip.
-Every model built here is mlip's own v1 MACE (``mlip.models_v1.mace.Mace``), initialised by
-mlip, then perturbed so that no block sits at a near-trivial value, and evaluated through
-mlip's own graph construction (``Graph.from_chemical_system``) and predictor.
+Every model built here is mlip's own v1 MACE (``mlip.models_v1.mace.Mace``) with random
+parameters in mlip's parameter tree, perturbed so that no block sits at a near-trivial value
+and the energy surface is steep, and is evaluated through mlip's own graph construction
+(``Graph.from_chemical_system``), batching and predictor.
 """
 
 from __future__ import annotations
