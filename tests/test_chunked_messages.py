@@ -51,9 +51,10 @@ def test_chunked_equals_one_shot(setup, monkeypatch):
     num_edges = graph.senders.shape[0]
     slots = mace.message_plan(config, 1)[2]
     bytes_per_edge = config.num_channels * slots * 8
-    # 7 edges per chunk in the second layer: many chunks, the last one padded.
+    # At most 7 edges per chunk in the second layer: many equal chunks, padded at the end.
     chunked = _evaluate(config, params, graph, 7 * bytes_per_edge, monkeypatch)
-    assert num_edges > 7 * 3 and num_edges % 7 != 0
+    num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge)
+    assert num_chunks > 3 and num_chunks * chunk > num_edges
     one_shot = _evaluate(config, params, graph, None, monkeypatch)
     assert abs(one_shot["energy"][0]) > 1e-3  # a real number, not a vanishing one
     np.testing.assert_allclose(chunked["energy"], one_shot["energy"], rtol=0, atol=1e-12)
@@ -62,6 +63,19 @@ def test_chunked_equals_one_shot(setup, monkeypatch):
     np.testing.assert_allclose(chunked["hvp"], one_shot["hvp"], rtol=0, atol=1e-10)
     assert np.abs(one_shot["hvp"]).max() > 1e-4
     assert np.abs(one_shot["forces"]).max() > 1e-4
+
+
+def test_edge_chunks_are_equal_and_barely_padded(monkeypatch):
+    monkeypatch.setattr(mace, "MESSAGE_CHUNK_BYTES", 100)
+    for num_edges in (1, 9, 10, 11, 99, 100, 101, 416):
+        for bytes_per_edge in (1, 7, 10, 50, 100, 1000):
+            num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge)
+            limit = max(1, 100 // bytes_per_edge)
+            assert chunk <= max(limit, 1) or num_chunks == 1 and chunk == num_edges <= limit
+            assert num_chunks == -(-num_edges // limit)  # the fewest chunks that fit
+            assert 0 <= num_chunks * chunk - num_edges < num_chunks  # padding under one edge per chunk
+    monkeypatch.setattr(mace, "MESSAGE_CHUNK_BYTES", None)
+    assert mace.edge_chunks(416, 10**6) == (1, 416)
 
 
 def test_message_plan_matches_path_layout(setup):
