@@ -201,6 +201,10 @@ VARIANTS = {
     # correlation 1, symmetric basis, three layers, avg_r_min from the dataset, elu
     "corr1-symbasis-3layers-rmin-elu": dict(l_max=2, node_symmetry=2, correlation=1, num_layers=3,
                                             symmetric_tensor_product_basis=True, activation="elu"),
+    # a single layer (selector and non-linear readout in one layer), l_max 1, relu, and an
+    # explicit atomic-energies dict (mlip reads its keys as species indices, missing ones 0)
+    "1layer-lmax1-relu-E0dict": dict(num_layers=1, l_max=1, node_symmetry=1, correlation=2, activation="relu",
+                                     atomic_energies={0: -13.5, 1: -1030.25, 3: -2041.0, 9: 7.5}),
     # symmetric basis at correlation 3, l_max 3 and node_symmetry 0, sigmoid, 'zero' E0s
     "symbasis-corr3-nsym0-sigmoid-zeroE0": dict(l_max=3, node_symmetry=0, correlation=3,
                                                 symmetric_tensor_product_basis=True, activation="sigmoid",
