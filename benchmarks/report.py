@@ -55,11 +55,16 @@ def _latest(runs, section, label=""):
         if run.get("label", "") != label or not _rows(run, section):
             continue
         for r in _rows(run, section):
-            rows[tuple(r.get(k) for k in ROW_KEYS)] = r
-        dates.append(run["date"])
+            rows[tuple(r.get(k) for k in ROW_KEYS)] = {**r, "run_date": run["date"], "cpu": _cpu(run)}
+        dates.append(f"{run['date']} ({_cpu(run)})")
     if not rows:
         return None
-    return {"date": ", ".join(dict.fromkeys(dates)), "rows": list(rows.values())}
+    used = {(r["run_date"], r["cpu"]) for r in rows.values()}
+    return {"date": ", ".join(d for d in dict.fromkeys(dates) if tuple(d[:-1].split(" (", 1)) in used), "rows": list(rows.values())}
+
+
+def _cpu(run) -> str:
+    return run["machine"]["cpu"].replace("(R)", "")
 
 
 def inference_table(run) -> list[str]:
@@ -96,7 +101,7 @@ def inference_table(run) -> list[str]:
 
 def before_after_table(runs) -> list[str]:
     """mace-ase rows of every labelled run (one line per optimisation step) and the final run."""
-    out = ["| mace-ase version | system | dtype | ms/call | peak RSS GB | first call s | load avg |", "|---|---|---|---|---|---|---|"]
+    out = ["| mace-ase version | system | dtype | ms/call | peak RSS GB | first call s | load avg | machine |", "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         label = run.get("label") or f"final ({run['date']})"
         for r in _rows(run, "inference"):
@@ -104,7 +109,7 @@ def before_after_table(runs) -> list[str]:
                 continue
             out.append(
                 f"| {label}{' (' + r['note'] + ')' if r.get('note') else ''} | {SYSTEM_NAMES.get(r['system'], r['system'])} | {r['dtype']} | {_cell(r, 'median_s', 1e3)} "
-                f"| {_cell(r, 'peak_rss_gb', digits=2)} | {_cell(r, 'first_call_s', digits=2)} | {r['loadavg_1min']:.1f} |"
+                f"| {_cell(r, 'peak_rss_gb', digits=2)} | {_cell(r, 'first_call_s', digits=2)} | {r['loadavg_1min']:.1f} | {_cpu(run)} |"
             )
     return out
 
@@ -136,10 +141,12 @@ def scaling_table(run) -> list[str]:
 
 
 def training_table(run) -> list[str]:
-    out = ["| implementation | s/step (median) | first step s | peak RSS GB | first loss |", "|---|---|---|---|---|"]
+    out = ["| implementation | step | s/step (median) | first step s | peak RSS GB | first loss | load avg |", "|---|---|---|---|---|---|---|"]
     rows = _rows(run, "training")
     for r in rows:
-        out.append(f"| {r['impl']} | {_cell(r, 'median_step_s')} | {_cell(r, 'first_step_s')} | {_fmt(r.get('peak_rss_gb'), digits=3)} | {_cell(r, 'loss', digits=8)} |")
+        step = r.get("step", "minimal loss + optax Adam (before mace_ase.training)")
+        out.append(f"| {r['impl']} | {step} | {_cell(r, 'median_step_s')} | {_cell(r, 'first_step_s')} | {_fmt(r.get('peak_rss_gb'), digits=3)} "
+                   f"| {_cell(r, 'loss', digits=8)} | {r['loadavg_1min']:.1f} |")
     ours, peer = _find(rows, impl="mace-ase"), _find(rows, impl="mlip")
     if ours and peer and ours["status"] == peer["status"] == "ok":
         out.append(f"\nmlip / mace-ase step time: **{peer['median_step_s'] / ours['median_step_s']:.2f}×**")
@@ -185,7 +192,7 @@ def plot(runs, path: Path) -> None:
 
 def targets_table(runs) -> list[str]:
     """The issue's targets, each with the measured numbers and met / not met."""
-    out = ["| target | measured | met |", "|---|---|---|"]
+    out = ["| target | measured | met | measured on (1-min load avg: mace-ase / peer) |", "|---|---|---|---|"]
 
     def ok(r):
         return r is not None and r.get("status") == "ok"
@@ -203,33 +210,36 @@ def targets_table(runs) -> list[str]:
                 measured, met = f"{ratio:.2f}× ({theirs['median_s'] * 1e3:.4g} vs {ours['median_s'] * 1e3:.4g} ms)", ratio >= factor
             else:
                 measured, met = f"{peer}: {theirs['status']}; mace-ase {ours['median_s'] * 1e3:.4g} ms", True
-            out.append(f"| ≥{factor}× faster than {peer}, {SYSTEM_NAMES[system]}, float32 | {measured} | {'yes' if met else '**no**'} |")
+            where = f"{ours['run_date']}, {ours['cpu']}, load {ours['loadavg_1min']:.1f} / {theirs['loadavg_1min']:.1f}"
+            if theirs["run_date"] != ours["run_date"]:
+                where += f" (peer row of {theirs['run_date']}, {theirs['cpu']})"
+            out.append(f"| ≥{factor}× faster than {peer}, {SYSTEM_NAMES[system]}, float32 | {measured} | {'yes' if met else '**no**'} | {where} |")
     water = _find(rows, impl="mace-ase", system="water", dtype="float32")
     if ok(water):
-        out.append(f"| 1,029-atom water box under 4 GB peak | {water['peak_rss_gb']:.2f} GB (process peak RSS) | {'yes' if water['peak_rss_gb'] < 4 else '**no**'} |")
+        out.append(f"| 1,029-atom water box under 4 GB peak | {water['peak_rss_gb']:.2f} GB (process peak RSS) | {'yes' if water['peak_rss_gb'] < 4 else '**no**'} | {water['run_date']}, {water['cpu']} |")
     scaling = _latest(runs, "scaling")
     if scaling:
         fits = [r for r in scaling["rows"] if ok(r)]
         largest = max(fits, key=lambda r: r["atoms"]) if fits else None
         if largest:
-            out.append(f"| 10,000-atom water box fits in 24 GB | largest run: {largest['atoms']:,} atoms, {largest['peak_rss_gb']:.2f} GB, {largest['median_s']:.3g} s/call | {'yes' if largest['atoms'] >= 10000 else '**no**'} |")
+            out.append(f"| 10,000-atom water box fits in 24 GB | largest run: {largest['atoms']:,} atoms, {largest['peak_rss_gb']:.2f} GB, {largest['median_s']:.3g} s/call | {'yes' if largest['atoms'] >= 10000 else '**no**'} | {largest['run_date']}, {largest['cpu']} |")
     md = _latest(runs, "md")
     if md:
         ours = _find(md["rows"], impl="mace-ase", system="water")
         if ok(ours):
             share = ours["outside_model_share"]
-            out.append(f"| < 10 % of an MD step outside the model at 1,029 atoms | {100 * share:.1f} % | {'yes' if share < 0.1 else '**no**'} |")
+            out.append(f"| < 10 % of an MD step outside the model at 1,029 atoms | {100 * share:.1f} % | {'yes' if share < 0.1 else '**no**'} | {ours['run_date']}, {ours['cpu']} |")
         recompiles = [(r["system"], r["traces_after_first_step"], r["xla_compiles_after_first_step"]) for r in md["rows"] if r["impl"] == "mace-ase" and ok(r)]
         if recompiles:
             text = ", ".join(f"{s}: {t} traces, {x} XLA compilations" for s, t, x in recompiles)
-            out.append(f"| zero recompilations after the first MD step | {text} | {'yes' if all(t == 0 and x == 0 for _, t, x in recompiles) else '**no**'} |")
+            out.append(f"| zero recompilations after the first MD step | {text} | {'yes' if all(t == 0 and x == 0 for _, t, x in recompiles) else '**no**'} | {md['date']} |")
     firsts = [r["first_call_s"] for r in rows if r["impl"] == "mace-ase" and ok(r)]
     if firsts:
-        out.append(f"| first call under 15 s | at most {max(firsts):.1f} s (all inference cases) | {'yes' if max(firsts) < 15 else '**no**'} |")
+        out.append(f"| first call under 15 s | at most {max(firsts):.1f} s (all inference cases) | {'yes' if max(firsts) < 15 else '**no**'} | {inference['date']} |")
     startup = _latest(runs, "startup")
     warm = _find(startup["rows"], cache="warm cache") if startup else None
     if ok(warm):
-        out.append(f"| first call under 3 s in a second process (compilation cache) | {warm['first_call_s']:.2f} s (process start to result: {warm['construct_and_first_call_s']:.2f} s) | {'yes' if warm['first_call_s'] < 3 else '**no**'} |")
+        out.append(f"| first call under 3 s in a second process (compilation cache) | {warm['first_call_s']:.2f} s (process start to result: {warm['construct_and_first_call_s']:.2f} s) | {'yes' if warm['first_call_s'] < 3 else '**no**'} | {warm['run_date']}, {warm['cpu']} |")
     return out
 
 
@@ -252,7 +262,7 @@ def write(runs, directory: Path) -> None:
         ("First call with the persistent compilation cache (mace-ase, aspirin, float32, fresh process each)", "startup", startup_table),
         ("MD: Langevin, 0.5 fs, 300 K, float32", "md", md_table),
         ("Scaling: water boxes at 1 g/cm³, mace-ase float32", "scaling", scaling_table),
-        ("Training step: 64 aspirin frames (card batch shape), energy + force loss, Adam", "training", training_table),
+        ("Training step: 64 aspirin frames (card batch shape), energy + force loss (see benchmarks/README.md)", "training", training_table),
     ]
     for title, section, table in sections:
         run = _latest(runs, section)
