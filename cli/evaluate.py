@@ -18,15 +18,6 @@ from .common import (
 )
 
 
-def reference(atoms, key: str, per_atom: bool):
-    """A label from the frame's info/arrays, else from its calculator's results; None if absent."""
-    store = atoms.arrays if per_atom else atoms.info
-    value = store.get(key)
-    if value is None and atoms.calc is not None:
-        value = getattr(atoms.calc, "results", {}).get(key)
-    return None if value is None else np.asarray(value, dtype=float)
-
-
 def predict(calc, frames, batch_size: int) -> list[dict]:
     """calc.calculate_batch over chunks of frames, with a progress bar."""
     results = []
@@ -40,13 +31,15 @@ def predict(calc, frames, batch_size: int) -> list[dict]:
 
 def error_metrics(frames, results, energy_key: str, forces_key: str) -> dict:
     """MAE and RMSE of energy (total, per atom) and force components over the labelled frames."""
+    from mace_ase.training.data import label  # the training reader's lookup: one rule for labels
+
     energy, per_atom, forces = [], [], []
     for atoms, result in zip(frames, results):
-        ref_energy = reference(atoms, energy_key, per_atom=False)
+        ref_energy = label(atoms, energy_key, per_atom=False)
         if ref_energy is not None:
             energy.append(result["energy"] - float(ref_energy))
             per_atom.append(energy[-1] / len(atoms))
-        ref_forces = reference(atoms, forces_key, per_atom=True)
+        ref_forces = label(atoms, forces_key, per_atom=True)
         if ref_forces is not None:
             forces.append((result["forces"] - ref_forces.reshape(-1, 3)).ravel())
     metrics = {"frames_with_energy": len(energy), "frames_with_forces": len(forces)}

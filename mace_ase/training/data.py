@@ -55,24 +55,28 @@ def is_isolated_atom(frame: Frame) -> bool:
 # --------------------------------------------------------------------------
 
 
+def label(atoms, key: str, per_atom: bool):
+    """A reference label of an ASE frame: its calculator's results, else ``info`` (per frame)
+    or ``arrays`` (per atom); None if absent. extxyz puts ``energy``/``forces`` in the former
+    and other keys (``energy_xtb``) in the latter."""
+    results = getattr(atoms.calc, "results", None) or {}
+    value = results.get(key)
+    if value is None:
+        value = (atoms.arrays if per_atom else atoms.info).get(key)
+    return None if value is None else np.asarray(value, dtype=float)
+
+
 def read_ase(path, energy_key: str = "energy", forces_key: str = "forces", index: str = ":") -> list[Frame]:
     """Any file ASE reads. Keys are looked up in calculator results, then info/arrays."""
     import ase.io
 
     frames = []
     for k, atoms in enumerate(ase.io.read(str(path), index=index)):
-        results = atoms.calc.results if atoms.calc is not None else {}
-        if energy_key in results:
-            energy = results[energy_key]
-        elif energy_key in atoms.info:
-            energy = atoms.info[energy_key]
-        else:
+        energy = label(atoms, energy_key, per_atom=False)
+        if energy is None:
             raise KeyError(f"{path}: frame {k} has no energy under '{energy_key}' (set energy_key)")
-        if forces_key in results:
-            forces = results[forces_key]
-        elif forces_key in atoms.arrays:
-            forces = atoms.arrays[forces_key]
-        else:
+        forces = label(atoms, forces_key, per_atom=True)
+        if forces is None:
             raise KeyError(f"{path}: frame {k} has no forces under '{forces_key}' (set forces_key)")
         info = {key: value for key, value in atoms.info.items() if isinstance(value, (str, int, float, bool))}
         frames.append(
