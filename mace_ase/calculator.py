@@ -3,7 +3,8 @@
 The model sees fixed-shape padded graphs (``mace_ase.neighbours.pad_graph``)
 whose capacities only grow (x1.25), so MD and optimisations compile once or a
 few times. A Verlet list built at cutoff + skin is reused while no atom moved
-more than skin / 2; listed pairs beyond the cutoff are masked on the device,
+more than skin / 2; listed pairs beyond the cutoff are dropped on the host
+(lengths it computes anyway for the overlap check) and masked on the device too,
 so results are exactly those of a fresh list at the cutoff.
 
     atoms.calc = MaceCalculator("model.zip", dtype="float64")
@@ -35,6 +36,7 @@ from .model import energy_forces_stress, node_energies, node_features
 from .model.graph import Graph, edge_vectors
 from .neighbours import (
     MIN_DISTANCE,
+    Edges,
     Structure,
     VerletList,
     check_overlaps,
@@ -180,7 +182,13 @@ class MaceCalculator(Calculator):
             edges, _ = self.neighbours.update(positions, cell, pbc, atoms.numbers)
         else:
             edges = neighbour_edges(positions, cell, pbc, self.cutoff)
-        check_overlaps(edge_lengths(positions, cell, edges), edges, self.min_distance)
+        lengths = edge_lengths(positions, cell, edges)
+        check_overlaps(lengths, edges, self.min_distance)
+        if verlet:
+            # Only the pairs within the cutoff go to the device (the skin's extra pairs would be
+            # masked there anyway): fewer edges to pad and to compute, all real ones first.
+            keep = lengths < self.cutoff
+            edges = Edges(edges.senders[keep], edges.receivers[keep], edges.shifts[keep])
         self.timings["neighbours"] += time.perf_counter() - start
         # E, F, stress and Hessian are translation invariant; centring keeps float32 edge
         # vectors accurate for molecules far from the origin.
