@@ -256,7 +256,11 @@ def write(runs, directory: Path) -> None:
         "The machine was shared while measuring: each row records the 1-minute load average in results.json.",
         "",
     ]
-    lines += ["## Targets (issue #6)", ""] + targets_table(runs) + [""]
+    targets = targets_table(runs)
+    missed = [row.split(" | ")[0].lstrip("| ") for row in targets[2:] if "| **no** |" in row]
+    summary = (f"Met: {len(targets) - 2 - len(missed)} of {len(targets) - 2} targets. Not met: {'; '.join(missed)}."
+               if missed else f"All {len(targets) - 2} targets met.")
+    lines += ["## Targets (issue #6)", "", summary, ""] + targets + [""]
     sections = [
         ("Inference: energy + forces through each ASE calculator", "inference", inference_table),
         ("First call with the persistent compilation cache (mace-ase, aspirin, float32, fresh process each)", "startup", startup_table),
