@@ -22,7 +22,7 @@ def settings(tmp_path, name, **changes) -> TrainSettings:
         train_file=str(shared_data("rmd17", "rmd17_aspirin_train_01.npz")),
         valid_fraction=0.1, max_train_frames=24, max_valid_frames=8, seed=0,
         num_channels=8, l_max=1, node_symmetry=1, correlation=2, readout_irreps=("4x0e", "0e"), num_bessel=4,
-        radial_mlp_hidden=(64, 64, 64),  # what archives round-trip today
+        radial_mlp_hidden=(64, 64, 64),  # mlip's fixed radial MLP: the export test loads the archive in mlip
         scaling="rms_forces", batch_size=8, nodes_per_graph=24, edges_per_graph=420,
         epochs=EPOCHS, swap_epoch=SWAP, warmup_steps=2, init_learning_rate=0.002, peak_learning_rate=0.01,
         final_learning_rate=0.01, transition_steps=10, ema_decay=0.9,
@@ -51,6 +51,13 @@ def test_tiny_run_learns_and_swaps_weights(reference_run):
     assert rows[-1]["step"] == EPOCHS * 3  # 24 frames / 8 per batch
     assert os.path.getsize(os.path.join(s.output_dir, "metrics.png")) > 5000
     assert summary["epochs_completed"] == EPOCHS and not summary["stopped_early"]
+
+
+def test_training_leaves_inference_message_chunking_as_it_was(reference_run):
+    """train() runs unchunked (a force loss is a second derivative) but restores the setting."""
+    from mace_ase.model import mace
+
+    assert mace.MESSAGE_CHUNK_BYTES == 2 * 2**20
 
 
 def test_ema_is_the_bias_corrected_average(reference_run):

@@ -17,6 +17,7 @@ its published weights load and give the same numbers:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -236,6 +237,17 @@ def message_plan(config: MaceConfig, layer: int):
 # None: no chunking. Use None for training losses on forces (a second derivative): the
 # scan's own backward pass would then keep per-chunk state and take more memory, not less.
 MESSAGE_CHUNK_BYTES: int | None = 2 * 2**20
+
+
+@contextlib.contextmanager
+def message_chunk_bytes(value: int | None):
+    """Set MESSAGE_CHUNK_BYTES for the functions traced inside the block, then restore it."""
+    global MESSAGE_CHUNK_BYTES
+    previous, MESSAGE_CHUNK_BYTES = MESSAGE_CHUNK_BYTES, value
+    try:
+        yield
+    finally:
+        MESSAGE_CHUNK_BYTES = previous
 
 
 def edge_basis(config: MaceConfig, vectors, lengths):
