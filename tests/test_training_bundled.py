@@ -92,14 +92,15 @@ def test_relaxes_a_held_out_molecule(calculator, held_out):
 def test_langevin_md_stays_bound(calculator, held_out):
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     frame = next(f for f in held_out if f.info["mol_name"] == "aspirin")
     atoms = frame.to_atoms()
     atoms.calc = calculator
     start = atoms.copy()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02 / units.fs, rng=np.random.default_rng(1))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False,
+                        rng=np.random.default_rng(1))
     dynamics.run(100)
     assert np.isfinite(atoms.positions).all()
     assert atoms.get_temperature() < 1000
