@@ -64,3 +64,21 @@ def aspirin():
 
     data = np.load(shared_data("rmd17", "rmd17_aspirin_train_01.npz"))
     return ase.Atoms(numbers=data["nuclear_charges"], positions=data["coords"][0])
+
+
+def molecules_in_cell(placed, cell, seed: int = 0):
+    """Small molecules (ASE names) at the given centres, randomly oriented, in a periodic cell, rattled."""
+    import ase
+    from ase.build import molecule
+
+    rng = np.random.default_rng(seed)
+    atoms = ase.Atoms()
+    for name, centre in placed:
+        m = molecule(name)
+        m.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        m.translate(centre)
+        atoms += m
+    atoms.cell = cell
+    atoms.pbc = True
+    atoms.rattle(0.05, seed=seed)
+    return atoms

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
-from conftest import REPO, small_model
+from conftest import REPO, molecules_in_cell, small_model
 
 from mace_ase.calculator import MaceCalculator
 from mace_ase.model import energy_forces_stress, single_graph
@@ -26,18 +26,9 @@ def smooth_model():
 
 
 def water_methane_box(a=6.0, seed=0):
-    """Two waters and a methane in a small periodic cube (a < 2 x cutoff: several images)."""
-    rng = np.random.default_rng(seed)
-    atoms = ase.Atoms()
-    for name, centre in [("H2O", (1.0, 1.0, 1.0)), ("H2O", (4.0, 3.5, 2.0)), ("CH4", (2.0, 4.0, 4.5))]:
-        m = molecule(name)
-        m.rotate(rng.uniform(0, 360), rng.normal(size=3))
-        m.translate(centre)
-        atoms += m
-    atoms.cell = np.diag([a, a * 1.05, a * 0.95]) + 0.3 * np.triu(np.ones((3, 3)), 1)
-    atoms.pbc = True
-    atoms.rattle(0.05, seed=seed)
-    return atoms
+    """Two waters and a methane in a small periodic cell (a < 2 x cutoff: several images)."""
+    placed = [("H2O", (1.0, 1.0, 1.0)), ("H2O", (4.0, 3.5, 2.0)), ("CH4", (2.0, 4.0, 4.5))]
+    return molecules_in_cell(placed, np.diag([a, a * 1.05, a * 0.95]) + 0.3 * np.triu(np.ones((3, 3)), 1), seed)
 
 
 def reference_energy_forces(model, atoms):

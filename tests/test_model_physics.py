@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 from ase.build import molecule
-from conftest import small_model
+from conftest import molecules_in_cell, small_model
 from scipy.spatial.transform import Rotation
 
 from mace_ase.model import energy_forces_stress
@@ -46,17 +46,8 @@ def graph_of(model, atoms):
 
 
 def periodic_box(seed=0):
-    rng = np.random.default_rng(seed)
-    atoms = ase.Atoms()
-    for name, centre in [("H2O", (1.0, 1.0, 1.0)), ("NH3", (4.0, 3.5, 2.0)), ("CH4", (2.0, 4.0, 4.5))]:
-        m = molecule(name)
-        m.rotate(rng.uniform(0, 360), rng.normal(size=3))
-        m.translate(centre)
-        atoms += m
-    atoms.cell = [[6.0, 0.0, 0.0], [0.5, 6.3, 0.0], [-0.4, 0.3, 5.8]]  # triclinic, < 2 x cutoff
-    atoms.pbc = True
-    atoms.rattle(0.05, seed=seed)
-    return atoms
+    placed = [("H2O", (1.0, 1.0, 1.0)), ("NH3", (4.0, 3.5, 2.0)), ("CH4", (2.0, 4.0, 4.5))]
+    return molecules_in_cell(placed, [[6.0, 0.0, 0.0], [0.5, 6.3, 0.0], [-0.4, 0.3, 5.8]], seed)  # triclinic, < 2 x cutoff
 
 
 @pytest.fixture(scope="module")
