@@ -4,8 +4,8 @@ The model sees fixed-shape padded graphs (``mace_ase.neighbours.pad_graph``)
 whose capacities only grow (x1.25), so MD and optimisations compile once or a
 few times. A Verlet list built at cutoff + skin is reused while no atom moved
 more than skin / 2; listed pairs beyond the cutoff are dropped on the host
-(lengths it computes anyway for the overlap check) and masked on the device too,
-so results are exactly those of a fresh list at the cutoff.
+(lengths it computes anyway for the overlap check), so the model sees exactly
+the pairs of a fresh list at the cutoff.
 
     atoms.calc = MaceCalculator("model.zip", dtype="float64")
     atoms.get_forces()
@@ -33,7 +33,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .errors import InvalidStructureError, MaceAseError
 from .model import energy_forces_stress, node_energies, node_features
-from .model.graph import Graph, edge_vectors
+from .model.graph import Graph
 from .neighbours import (
     MIN_DISTANCE,
     Edges,
@@ -52,12 +52,6 @@ from .weights import load_model
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def _within_cutoff(graph: Graph, cutoff: float) -> Graph:
-    """Mask listed edges longer than the cutoff (a Verlet list holds cutoff + skin)."""
-    lengths = jnp.linalg.norm(edge_vectors(graph.positions, graph.cells, graph), axis=-1)
-    return graph._replace(edge_mask=graph.edge_mask & (lengths < cutoff))
 
 
 class MaceCalculator(Calculator):
@@ -148,16 +142,15 @@ class MaceCalculator(Calculator):
     # ------------------------------------------------------- jitted bodies
 
     def _energy_forces(self, compute_stress: bool):
-        config, cutoff = self._device_config, self.cutoff
+        config = self._device_config
 
         def energy_forces(params, graph):
-            return energy_forces_stress(params, config, _within_cutoff(graph, cutoff), compute_stress)
+            return energy_forces_stress(params, config, graph, compute_stress)
 
         energy_forces.__name__ = "energy_forces_stress" if compute_stress else "energy_forces"
         return energy_forces
 
     def _energy_hessian(self, params, graph):
-        graph = _within_cutoff(graph, self.cutoff)
 
         def energy(positions):
             return jnp.sum(node_energies(params, self._device_config, graph, positions, graph.cells))
@@ -165,7 +158,7 @@ class MaceCalculator(Calculator):
         return jax.hessian(energy)(graph.positions)  # [N, 3, N, 3]
 
     def _node_features(self, params, graph):
-        features, _ = node_features(params, self._device_config, _within_cutoff(graph, self.cutoff))
+        features, _ = node_features(params, self._device_config, graph)
         return [{str(ir): v for ir, v in layer.items()} for layer in features]
 
     # ------------------------------------------------------------- helpers

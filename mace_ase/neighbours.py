@@ -224,7 +224,7 @@ class VerletList:
     Reuse is exact as long as no atom moved more than skin / 2 since the list
     was built (two atoms then approached by less than skin) and the cell,
     atomic numbers and pbc are unchanged. Pairs that are listed but lie beyond
-    the cutoff must be masked by the caller (the calculator does it on device).
+    the cutoff must be dropped by the caller (the calculator does it on the host).
     skin = 0 rebuilds whenever anything moved.
     """
 
