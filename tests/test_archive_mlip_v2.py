@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import require
 
 from mace_ase.archive import load_archive
 from mace_ase.errors import UnsupportedConfigError
 
-mlip = pytest.importorskip("mlip")
+mlip = require("mlip")
 pytestmark = pytest.mark.mlip
 
 

@@ -68,6 +68,7 @@ def test_forces_and_stress_match_finite_differences_small_periodic_cell(smooth_m
     np.testing.assert_allclose(stress, numerical_stress, atol=1e-8)
 
 
+@pytest.mark.x64  # the reference evaluates the model function itself, in float64
 def test_energy_and_forces_match_an_independent_neighbour_list(smooth_model):
     """Periodic, mixed and no pbc in a cell smaller than 2 x cutoff (several images of an atom)."""
     calc = MaceCalculator(smooth_model, dtype="float64")
@@ -228,6 +229,7 @@ def test_hessian_is_symmetric_and_matches_ase_vibrations(smooth_model, tmp_path)
     np.testing.assert_allclose(hessian, numerical, atol=1e-6)
 
 
+@pytest.mark.x64
 def test_descriptors_are_invariant_per_layer_features(smooth_model, aspirin):
     from mace_ase.model import invariant_descriptors
     from mace_ase.neighbours import structure_from_atoms, pad_graph

@@ -20,6 +20,8 @@ from mace_ase.neighbours import pad_graph, structure_from_atoms
 
 from conftest import small_model
 
+pytestmark = pytest.mark.x64  # float64 model functions throughout
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -30,8 +32,7 @@ def setup():
     structure = structure_from_atoms(atoms, model.config.atomic_numbers, model.config.cutoff)
     # Capacities with padding nodes and edges (padding must add exactly zero in every chunk).
     graph = pad_graph([structure], structure.num_nodes + 2, structure.num_edges + 5, 1, dtype=np.float64)
-    params = jax.tree.map(jnp.asarray, model.params)
-    return model.config, params, graph
+    return model.config, model.params, graph  # NumPy float64: made into JAX arrays under the test's x64
 
 
 def _evaluate(config, params, graph, chunk_bytes, monkeypatch):

@@ -18,6 +18,8 @@ from mace_ase.archive import load_archive
 from mace_ase.model import energy_forces_stress
 from mace_ase.neighbours import pad_graph, structure_from_atoms
 
+pytestmark = pytest.mark.x64  # float64 model functions throughout
+
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 NAMES = ("card16", "variant8")
 E_TOL, F_TOL, S_TOL = 1e-9, 1e-8, 1e-10  # eV/atom, eV/Å, eV/Å^3 (float64)

@@ -20,6 +20,8 @@ from scipy.spatial.transform import Rotation
 from mace_ase.model import energy_forces_stress
 from mace_ase.neighbours import pad_graph, structure_from_atoms
 
+pytestmark = pytest.mark.x64  # float64 model functions throughout
+
 NODES, EDGES = 48, 3072  # one capacity for every structure here: one compile
 
 

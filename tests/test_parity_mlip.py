@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, shared_data
+from conftest import SHARED_DATA, require, shared_data
 
-pytestmark = pytest.mark.mlip
-pytest.importorskip("mlip")
+pytestmark = [pytest.mark.mlip, pytest.mark.x64]
+require("mlip")
 
 import mlip_reference as ref  # noqa: E402  (needs mlip)
 from mlip.models.model_io import load_model_from_zip, save_model_to_zip  # noqa: E402

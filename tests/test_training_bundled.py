@@ -15,7 +15,6 @@ import pytest
 from conftest import REPO, shared_data
 
 BUNDLED = REPO / "weights" / "mace-ase-small-xtb.zip"
-pytestmark = pytest.mark.skipif(not BUNDLED.exists(), reason=f"{BUNDLED} not built")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import require, shared_data
 from mace_ase.training import data, statistics
 from mace_ase.training.data import Frame
 
@@ -22,7 +22,7 @@ def test_rmd17_frames_are_in_ev():
 
 
 def test_ani_hdf5_hartree_to_ev():
-    h5py = pytest.importorskip("h5py")
+    h5py = require("h5py")
     path = shared_data("ani1x_sample", "ani1_n5.hdf5")
     frames = data.read_hdf5(path)
     assert len(frames) == 8
@@ -35,7 +35,7 @@ def test_ani_hdf5_hartree_to_ev():
 
 
 def test_spice_style_hdf5_bohr_and_gradients(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    h5py = require("h5py")
     path = tmp_path / "spice.hdf5"
     coords = np.array([[[0.0, 0.0, 0.0], [0.0, 0.0, 2.0]]])  # Bohr
     with h5py.File(path, "w") as f:

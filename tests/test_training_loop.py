@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import require, shared_data
 from mace_ase.training import TrainSettings, train
 from mace_ase.training import checkpoint as checkpoint_module
 from mace_ase.training.metrics import read_metrics
@@ -171,7 +171,7 @@ def test_exported_archive_loads_in_calculator_and_mlip(reference_run):
     assert energy_mae == pytest.approx(summary["metrics"]["valid_energy_mae_meV"], abs=0.5)
     assert force_mae == pytest.approx(summary["metrics"]["valid_forces_mae_meV_A"], rel=1e-4)
 
-    pytest.importorskip("mlip")
+    require("mlip")
     from mlip.models.model_io import load_model_from_zip
     from mlip.models_v1 import Mace
     from mlip.simulation.ase.mlip_ase_calculator import MLIPForceFieldASECalculator

@@ -419,8 +419,7 @@ def test_bundled_default_loads_placeholder_in_tests_only(monkeypatch, tmp_path, 
 def test_shipped_default_if_present_is_real_and_matches_registry():
     entry = weights.REGISTRY[weights.DEFAULT_MODEL]
     path = REPO / "weights" / entry.filename
-    if not path.exists():
-        pytest.skip("the bundled default model has not been added to weights/ yet")
+    assert path.exists(), f"the bundled default model {path} is missing from the repository"
     model = load_model(None)
     assert "placeholder" not in json.dumps(model.metadata).lower()
     assert model.metadata.get("license", entry.license) == entry.license

@@ -153,7 +153,7 @@ def params_from_flat(config: MaceConfig, flat: dict[str, np.ndarray]) -> dict[st
             raise ValueError(f"parameter '{leaf.mlip_key}' has shape {array.shape}, expected {leaf.shape}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"parameter '{leaf.mlip_key}' contains NaN or infinite values")
-        _set(params, leaf.path, jnp.asarray(array))
+        _set(params, leaf.path, array)  # NumPy, as stored: a JAX array would drop float64 unless x64 is on
     return params
 
 
