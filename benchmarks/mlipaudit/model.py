@@ -1,0 +1,28 @@
+"""mace-ase as an MLIPAudit external model.
+
+    mlipaudit benchmark -m benchmarks/mlipaudit/model.py -i INPUTS -o OUT -rm dev
+
+MLIPAudit runs this file and benchmarks the ASE calculator bound to
+``mlipaudit_external_model``. Which model, from the environment:
+
+- ``MACE_ASE_MLIPAUDIT_MODEL``: a registered name or an archive path (unset or empty: the
+  bundled model); licence-gated models still need ``MACE_ASE_ACCEPT_LICENSE``;
+- ``MACE_ASE_MLIPAUDIT_DTYPE``: ``float32`` (default) or ``float64``.
+
+MLIPAudit names its output folder after this file's stem: copy the file under another name
+(``benchmarks/mlipaudit/run.py`` does) to keep the results of several models apart.
+"""
+
+import os
+
+from mace_ase import MaceCalculator
+
+mlipaudit_external_model = MaceCalculator(
+    os.environ.get("MACE_ASE_MLIPAUDIT_MODEL") or None,
+    dtype=os.environ.get("MACE_ASE_MLIPAUDIT_DTYPE") or "float32",
+)
+
+# Until MaceCalculator exposes it (issue 16, item 1): MLIPAudit asks every calculator for the
+# atomic numbers it can handle before each benchmark.
+if not hasattr(mlipaudit_external_model, "allowed_atomic_numbers"):
+    mlipaudit_external_model.allowed_atomic_numbers = set(mlipaudit_external_model.config.atomic_numbers)
