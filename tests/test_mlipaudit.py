@@ -160,3 +160,18 @@ def test_noncovalent_interactions(calculator, inputs, reference):
         assert len(profile) == 10
         np.testing.assert_allclose(profile, expected, rtol=0, atol=ENERGY_TOLERANCE)
     assert 0.0 <= result.score <= 1.0
+
+
+def test_forced_recompute_calls_the_model(calculator, inputs):
+    """MLIPAudit's inference_speed times `calculate(atoms, ["energy", "forces"], all_changes)` on one
+    unchanged Atoms: each such call must run the model (a result cache must not answer it), or the
+    benchmark times a lookup. The forces must stay those of a normal call."""
+    from ase.calculators.calculator import all_changes
+
+    atoms = dev_structures(inputs)["tautomers", "1069", 0]  # a size the tests above compiled
+    forces = calculator.get_forces(atoms).copy()
+    calls = calculator.timings["calls"]
+    for _ in range(3):
+        calculator.calculate(atoms, ["energy", "forces"], all_changes)
+    assert calculator.timings["calls"] == calls + 3
+    np.testing.assert_array_equal(calculator.results["forces"], forces)

@@ -6,8 +6,10 @@ MLIPAudit runs this file and benchmarks the ASE calculator bound to
 ``mlipaudit_external_model``. Which model, from the environment:
 
 - ``MACE_ASE_MLIPAUDIT_MODEL``: a registered name or an archive path (unset or empty: the
-  bundled model); licence-gated models still need ``MACE_ASE_ACCEPT_LICENSE``;
-- ``MACE_ASE_MLIPAUDIT_DTYPE``: ``float32`` (default) or ``float64``.
+  bundled model);
+- ``MACE_ASE_MLIPAUDIT_DTYPE``: ``float32`` (default) or ``float64``;
+- ``MACE_ASE_MLIPAUDIT_ACCEPT_LICENSE=1``: accept the model's licence (non-commercial models refuse
+  to load otherwise; ``MACE_ASE_ACCEPT_LICENSE`` and ``mace-ase fetch --accept-license`` work too).
 
 MLIPAudit names its output folder after this file's stem: copy the file under another name
 (``benchmarks/mlipaudit/run.py`` does) to keep the results of several models apart.
@@ -20,6 +22,7 @@ from mace_ase import MaceCalculator
 mlipaudit_external_model = MaceCalculator(
     os.environ.get("MACE_ASE_MLIPAUDIT_MODEL") or None,
     dtype=os.environ.get("MACE_ASE_MLIPAUDIT_DTYPE") or "float32",
+    accept_license=os.environ.get("MACE_ASE_MLIPAUDIT_ACCEPT_LICENSE") == "1" or None,
 )
 
 # Until MaceCalculator exposes it (issue 16, item 1): MLIPAudit asks every calculator for the

@@ -42,7 +42,7 @@ MODEL_FILE = HERE / "model.py"
 DEFAULT_INPUTS = REPO.parent / "shared" / "data" / "mlipaudit_inputs_0.1.8"
 BUNDLED = "mace-ase-small-xtb"
 
-# The figure shown for each benchmark: (label, path into result.json, unit).
+# The figure shown for each benchmark: (label, path into result.json, unit); '*' walks a list.
 KEY_METRICS = {
     "bond_length_distribution": ("mean bond-length deviation", "avg_deviation", "Å"),
     "conformer_selection": ("MAE", "avg_mae", "kcal/mol"),
@@ -51,23 +51,26 @@ KEY_METRICS = {
     "inference_speed": ("forward pass", "structures.*.average_forward_time", "s"),
     "noncovalent_interactions": ("interaction-energy MAE", "mae_interaction_energy_all", "kcal/mol"),
     "nudged_elastic_band": ("converged fraction", "convergence_rate", ""),
-    "nve_energy_conservation": ("drift", "structure_results.*.normalized_drift", ""),
+    "nve_energy_conservation": ("energy drift", "structure_results.*.drift_slope_ev_per_ps", "eV/ps"),
     "reactivity": ("activation-energy MAE", "mae_activation_energy", "kcal/mol"),
     "reference_geometry_stability": ("mean RMSD", "avg_rmsd", "Å"),
     "ring_planarity": ("deviation MAE", "mae_deviation", "Å"),
     "sampling": ("backbone dihedral RMSD", "rmsd_backbone_total", ""),
-    "solvent_density": ("density MAE", "mae", "g/cm³"),
-    "solvent_radial_distribution": ("first-peak deviation", "structures.*.first_solvent_peak_deviation", "Å"),
-    "stability": ("stable fraction", "stability_ratio", ""),
+    "solvent_density": ("density deviation", "avg_density_deviation", "g/cm³"),
+    "solvent_radial_distribution": ("first-peak deviation", "avg_peak_deviation", "Å"),
+    "stability": ("exploded frame (-1: none)", "structure_results.*.exploded_frame", ""),
     "tautomers": ("MAE", "mae", "kcal/mol"),
-    "water_density": ("density MAE", "mae", "g/cm³"),
+    "water_density": ("density deviation", "density_deviation", "g/cm³"),
     "water_radial_distribution": ("O-O RDF RMSE", "rmse", ""),
 }
 
 LOG_LINE = re.compile(r"^\[(?P<time>[\d\- :,]+)\]\[(?P<logger>[\w.]+)\]\[(?P<level>\w+)\] - (?P<message>.*)$")
 BENCHMARK_EVENT = re.compile(r"MODEL \S+ - \[\d+/\d+\] BENCHMARK (?P<name>\w+) - (?P<event>.*)$")
-# Failures MLIPAudit catches inside a benchmark and logs at INFO/WARNING without failing it.
-STRUCTURE_ERRORS = ("Error running inference on system", "Error running simulation on system", "Simulation exploded")
+# Failures MLIPAudit catches inside a benchmark (one structure, one simulation) and logs without
+# failing the benchmark: "Error running inference on system ...", "Error running simulation for
+# reaction ...", "Error measuring model throughput ...", mlip's "Simulation exploded ...".
+TOP_LEVEL_ERRORS = ("Error running model", "Error analyzing model")
+STRUCTURE_ERRORS = ("Error ", "Simulation exploded", "Energy minimization failed")
 
 
 def parse_args(argv=None):
@@ -82,6 +85,8 @@ def parse_args(argv=None):
                         help="output folder (default: a new temporary folder)")
     parser.add_argument("--run-mode", default="dev", choices=["dev", "fast", "standard"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--accept-license", action="store_true",
+                        help="accept the licences of the models given (non-commercial models refuse to load otherwise)")
     parser.add_argument("--report", type=Path, default=None,
                         help="where to write the Markdown table (default OUTPUT/report.md; JSON beside it)")
     return parser.parse_args(argv)
@@ -127,17 +132,44 @@ def mlipaudit_version() -> str:
 # ------------------------------------------------------------------ running
 
 
-def environment(spec: str | None, dtype: str) -> dict:
+def environment(spec: str | None, dtype: str, accept_license: bool) -> dict:
     env = dict(os.environ)
+    env["MACE_ASE_MLIPAUDIT_ACCEPT_LICENSE"] = "1" if accept_license else ""
     env["HF_HUB_OFFLINE"] = "1"  # a missing input folder must not turn into a download attempt
     env["MACE_ASE_MLIPAUDIT_MODEL"] = spec or ""
     env["MACE_ASE_MLIPAUDIT_DTYPE"] = dtype
     return env
 
 
+# Appended to the runner's copy of model.py (not to model.py): before each of MLIPAudit's
+# benchmark messages, one log line with the calculator's cumulative counters, so the log says
+# how many model calls, compilations and seconds inside mace-ase each benchmark took.
+PROBE = """
+
+import logging as _logging
+
+
+class _MaceAseProbe(_logging.Handler):
+    def emit(self, record):
+        message = record.getMessage()
+        if " BENCHMARK " in message or message.startswith("--- ["):
+            timings = getattr(mlipaudit_external_model, "timings", {})
+            _logging.getLogger("mace_ase.probe").info(
+                "mace-ase probe: calls=%d compilations=%d seconds=%.3f", timings.get("calls", 0),
+                getattr(mlipaudit_external_model, "compile_count", 0),
+                sum(v for k, v in timings.items() if k != "calls"))
+
+
+_logging.getLogger("mlipaudit").addHandler(_MaceAseProbe())
+"""
+PROBE_LINE = re.compile(r"mace-ase probe: calls=(\d+) compilations=(\d+) seconds=([\d.]+)")
+
+
 def run_cli(model_file: Path, names: list[str], inputs: Path, results: Path, run_mode: str,
-            env: dict, log: Path) -> float:
-    """MLIPAudit's command line on one model; its log is teed to `log`. Returns wall seconds."""
+            env: dict, log: Path) -> tuple[float, int, float]:
+    """MLIPAudit's command line on one model; its log is teed to `log`.
+
+    Returns wall seconds, exit status and the peak resident memory of the process (GB)."""
     command = [sys.executable, "-m", "mlipaudit.main", "benchmark", "-m", str(model_file), "-i", str(inputs),
                "-o", str(results), "-rm", run_mode, "-lt", "-b", *names]
     start = time.perf_counter()
@@ -148,10 +180,18 @@ def run_cli(model_file: Path, names: list[str], inputs: Path, results: Path, run
             sink.write(line)
             if "BENCHMARK" in line or "Error" in line or "Traceback" in line:
                 print("   ", line.rstrip()[:200], flush=True)
-        process.wait()
-    if process.returncode != 0:
-        print(f"    mlipaudit exited with status {process.returncode} (see {log})", flush=True)
-    return time.perf_counter() - start
+        _, status, usage = os.wait4(process.pid, 0)
+    returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
+        print(f"    mlipaudit exited with status {returncode} (see {log})", flush=True)
+    return time.perf_counter() - start, returncode, usage.ru_maxrss / 2**20  # Linux: KiB
+
+
+def last_exception(log: Path) -> str:
+    """The final 'SomeError: message' line of a traceback in the log (how the command died)."""
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+             if re.match(r"^[\w.]+(Error|Exception)\b.*?: ", line)]
+    return lines[-1] if lines else "no traceback in the log"
 
 
 API_SCRIPT = """
@@ -178,8 +218,11 @@ if scores is not None and result.score is not None:
     scores[name] = result.score
     scores[OVERALL_SCORE_KEY_NAME] = compute_model_score(scores)
     write_scores_to_disk(scores, results)
+timings = getattr(calculator, "timings", {})
 print("API_SUMMARY", json.dumps({"wall_s": time.perf_counter() - start,
-                                  "compilations": getattr(calculator, "compile_count", None)}))
+                                  "compilations": getattr(calculator, "compile_count", None),
+                                  "model_calls": timings.get("calls"),
+                                  "calculator_s": sum(v for k, v in timings.items() if k != "calls")}))
 """
 
 
@@ -187,7 +230,8 @@ def run_api(model_file: Path, name: str, inputs: Path, results: Path, run_mode: 
             env: dict, log: Path) -> dict:
     """One benchmark through MLIPAudit's Python API (for data sets the CLI cannot select).
 
-    Returns {"wall_s", "compilations"} as the run reports them (benchmark construction to result)."""
+    Returns {"wall_s", "compilations", "model_calls", "calculator_s"} as the run reports them
+    (benchmark construction to result)."""
     command = [sys.executable, "-c", API_SCRIPT, str(model_file), name, str(inputs), str(results), run_mode,
                json.dumps(kwargs)]
     completed = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -207,6 +251,7 @@ def log_sections(log: Path) -> dict[str, dict]:
     sections: dict[str, dict] = {}
     current = None
     last_time = None
+    probe = None  # the calculator's cumulative (calls, compilations, seconds), logged just before each event
     for raw in log.read_text(encoding="utf-8", errors="replace").splitlines():
         match = LOG_LINE.match(raw)
         if not match:
@@ -214,34 +259,48 @@ def log_sections(log: Path) -> dict[str, dict]:
         stamp = dt.datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f")
         message = match["message"]
         last_time = stamp
+        counters = PROBE_LINE.search(message)
+        if counters:
+            probe = (int(counters[1]), int(counters[2]), float(counters[3]))
+            continue
         event = BENCHMARK_EVENT.search(message)
         if event:
             name, what = event["name"], event["event"]
             if what.startswith("Running") or what.startswith("Skipped"):
                 if current is not None and current.get("end") is None:
-                    current["end"] = stamp
+                    close(current, stamp, probe)
                 current = sections.setdefault(name, {"start": stamp, "end": None, "events": [], "errors": [],
-                                                     "compilations": 0, "warnings": []})
+                                                     "compilations": 0, "warnings": [], "probe_start": probe})
             if name in sections:
                 sections[name]["events"].append(what)
             continue
         if message.startswith("--- [") and "score" in message and current is not None:
-            current["end"] = current["end"] or stamp
+            if current["end"] is None:
+                close(current, stamp, probe)
             current = None
             continue
         if current is None:
             continue
-        if message.startswith("Error running model") or message.startswith("Error analyzing model"):
+        if message.startswith(TOP_LEVEL_ERRORS):
             current["errors"].append(message)
-        elif any(message.startswith(s) for s in STRUCTURE_ERRORS):
+        elif message.startswith(STRUCTURE_ERRORS):
             current["structure_errors"] = current.get("structure_errors", []) + [message]
-        elif message.startswith("mace-ase: compiling"):
-            current["compilations"] += 1
         elif match["level"] in ("WARNING", "ERROR") and match["logger"] != "streamlit.runtime.caching.cache_data_api":
             current["warnings"].append(f"{match['logger']}: {message}")
     if current is not None and current.get("end") is None:
-        current["end"] = last_time
+        close(current, last_time, probe)
     return sections
+
+
+def close(section: dict, stamp, probe) -> None:
+    """End a benchmark's section: its wall time, and what the calculator did in it."""
+    section["end"] = stamp
+    start = section.get("probe_start")
+    if start is not None and probe is not None:
+        section["calls"], section["compilations"], section["calculator_s"] = (
+            probe[0] - start[0], probe[1] - start[1], probe[2] - start[2])
+    else:
+        section["calls"] = section["compilations"] = section["calculator_s"] = None
 
 
 def dig(data, path: str):
@@ -288,7 +347,7 @@ def status_of(section: dict | None, result: dict | None) -> str:
         return "not run"
     for event in section["events"]:
         if event.startswith("Skipped"):
-            return "skipped: " + event.split("due to", 1)[-1].strip().rstrip(".")
+            return "skipped: model lacks " + ", ".join(sorted(re.findall(r"'(\w+)'", event)))
     for error in section["errors"]:
         missing = re.search(r"No such file or directory: '([^']+)'", error)
         if missing:
@@ -362,14 +421,16 @@ def markdown(report: dict) -> str:
             "",
             f"Model `{model['spec'] or BUNDLED + ' (bundled)'}`, {model['dtype']}; MLIPAudit's overall score "
             f"(mean over its 18 benchmarks, 0 for those not run): {fmt(model['overall_score'])}; "
-            f"total wall time {model['wall_s']:.0f} s.",
+            f"total wall time {model['wall_s']:.0f} s, peak memory {fmt(model.get('peak_rss_gb'), '.1f')} GB.",
             "",
-            "| benchmark | status | wall time (s) | score | key metric | mace-ase compilations |",
-            "|---|---|---|---|---|---|",
+            *([f"**Error**: {model['error']}", ""] if model.get("error") else []),
+            "| benchmark | status | wall time (s) | score | key metric | model calls | in mace-ase (s) | compilations |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in model["rows"]:
             lines.append(f"| {row['benchmark']} | {row['status']} | {fmt(row['wall_s'], '.1f')} | "
-                         f"{fmt(row['score'])} | {row['key_metric']} | {fmt(row['compilations'], 'd')} |")
+                         f"{fmt(row['score'])} | {row['key_metric']} | {fmt(row['model_calls'], 'd')} | "
+                         f"{fmt(row['calculator_s'], '.1f')} | {fmt(row['compilations'], 'd')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -387,21 +448,23 @@ def audit_model(spec, args, output: Path, inputs: Path, present, missing) -> dic
     label = model_label(spec)
     model_file = output / "models" / f"{label}.py"  # MLIPAudit names the results folder after it
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODEL_FILE, model_file)
+    model_file.write_text(MODEL_FILE.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
     results = output / "results"
     log = output / "logs" / f"{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = environment(spec, args.dtype)
+    env = environment(spec, args.dtype, args.accept_license)
 
     print(f"== {label}: {len(present)} benchmark(s) through `mlipaudit benchmark`", flush=True)
-    wall = run_cli(model_file, [b.name for b in present], inputs, results, args.run_mode, env, log)
+    wall, returncode, peak_rss_gb = run_cli(model_file, [b.name for b in present], inputs, results, args.run_mode, env, log)
     sections = log_sections(log)
+    error = f"mlipaudit exited with status {returncode}: {last_exception(log)}" if returncode else None
+    died = "not run (mlipaudit stopped: see the error above)" if error else None
 
     rows, extra = [], []
     for benchmark in present:
         section = sections.get(benchmark.name)
         result = read_json(results / label / benchmark.name / "result.json")
-        status = status_of(section, result)
+        status = died if died and section is None else status_of(section, result)
         if section is not None and section["errors"] and status.startswith("inputs missing"):
             result = None  # a result.json there would be stale, from an earlier run
         rows.append(row(benchmark.name, status, section, result))
@@ -423,19 +486,21 @@ def audit_model(spec, args, output: Path, inputs: Path, present, missing) -> dic
             status = "ok (Wiggle150 data set, Python API)" if result and not result.get("failed") else \
                 "failed (Wiggle150 data set, Python API)"
             rows.append(row("conformer_selection (Wiggle150)", status, None, result, api["wall_s"],
-                            result_name=benchmark.name, compilations=api["compilations"]))
+                            result_name=benchmark.name, api=api))
             wall += api["wall_s"]
         except RuntimeError as error:
             rows.append(row("conformer_selection (Wiggle150)", f"error: {error}", None, None))
 
     scores = read_json(results / label / "score.json") or {}
-    return {"label": label, "spec": spec, "dtype": args.dtype, "wall_s": wall, "log": str(log),
+    return {"label": label, "spec": spec, "dtype": args.dtype, "wall_s": wall, "peak_rss_gb": peak_rss_gb, "log": str(log),
+            "error": error,
             "results": str(results / label), "overall_score": scores.get("overall_score"), "scores": scores,
             "rows": rows}
 
 
-def row(name, status, section, result, wall=None, result_name=None, compilations=None):
-    if wall is None and section is not None and section.get("end") is not None:
+def row(name, status, section, result, wall=None, result_name=None, api=None):
+    no_work = status.startswith(("skipped", "inputs missing", "not run"))
+    if wall is None and not no_work and section is not None and section.get("end") is not None:
         wall = (section["end"] - section["start"]).total_seconds()
     return {
         "benchmark": name,
@@ -443,7 +508,9 @@ def row(name, status, section, result, wall=None, result_name=None, compilations
         "wall_s": wall,
         "score": (result or {}).get("score"),
         "key_metric": key_metric(result_name or name, result),
-        "compilations": section["compilations"] if section else compilations,
+        "compilations": (section or {}).get("compilations", (api or {}).get("compilations")),
+        "model_calls": (section or {}).get("calls", (api or {}).get("model_calls")),
+        "calculator_s": (section or {}).get("calculator_s", (api or {}).get("calculator_s")),
         "errors_caught": (section or {}).get("structure_errors", []),
         "warnings": (section or {}).get("warnings", []),
     }
