@@ -39,6 +39,7 @@ from mace_ase.fileio import atomic_write
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MODEL_FILE = HERE / "model.py"
+PEER_FILE = HERE / "mlip_peer.py"  # mlip's ASE calculator on the same weights
 DEFAULT_INPUTS = REPO.parent / "shared" / "data" / "mlipaudit_inputs_0.1.8"
 BUNDLED = "mace-ase-small-xtb"
 
@@ -85,6 +86,8 @@ def parse_args(argv=None):
                         help="output folder (default: a new temporary folder)")
     parser.add_argument("--run-mode", default="dev", choices=["dev", "fast", "standard"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--peer-mlip", action="store_true",
+                        help="also run each model through mlip's own ASE calculator (same weights, side by side)")
     parser.add_argument("--accept-license", action="store_true",
                         help="accept the licences of the models given (non-commercial models refuse to load otherwise)")
     parser.add_argument("--report", type=Path, default=None,
@@ -156,13 +159,13 @@ class _MaceAseProbe(_logging.Handler):
             timings = getattr(mlipaudit_external_model, "timings", {})
             _logging.getLogger("mace_ase.probe").info(
                 "mace-ase probe: calls=%d compilations=%d seconds=%.3f", timings.get("calls", 0),
-                getattr(mlipaudit_external_model, "compile_count", 0),
+                getattr(mlipaudit_external_model, "compile_count", -1),  # -1: not counted
                 sum(v for k, v in timings.items() if k != "calls"))
 
 
 _logging.getLogger("mlipaudit").addHandler(_MaceAseProbe())
 """
-PROBE_LINE = re.compile(r"mace-ase probe: calls=(\d+) compilations=(\d+) seconds=([\d.]+)")
+PROBE_LINE = re.compile(r"mace-ase probe: calls=(\d+) compilations=(-?\d+) seconds=([\d.]+)")
 
 
 def run_cli(model_file: Path, names: list[str], inputs: Path, results: Path, run_mode: str,
@@ -298,7 +301,7 @@ def close(section: dict, stamp, probe) -> None:
     start = section.get("probe_start")
     if start is not None and probe is not None:
         section["calls"], section["compilations"], section["calculator_s"] = (
-            probe[0] - start[0], probe[1] - start[1], probe[2] - start[2])
+            probe[0] - start[0], probe[1] - start[1] if start[1] >= 0 else None, probe[2] - start[2])
     else:
         section["calls"] = section["compilations"] = section["calculator_s"] = None
 
@@ -419,12 +422,12 @@ def markdown(report: dict) -> str:
         lines += [
             f"## {model['label']}",
             "",
-            f"Model `{model['spec'] or BUNDLED + ' (bundled)'}`, {model['dtype']}; MLIPAudit's overall score "
+            f"Model `{model['spec'] or BUNDLED + ' (bundled)'}` through {model['calculator']}; MLIPAudit's overall score "
             f"(mean over its 18 benchmarks, 0 for those not run): {fmt(model['overall_score'])}; "
             f"total wall time {model['wall_s']:.0f} s, peak memory {fmt(model.get('peak_rss_gb'), '.1f')} GB.",
             "",
             *([f"**Error**: {model['error']}", ""] if model.get("error") else []),
-            "| benchmark | status | wall time (s) | score | key metric | model calls | in mace-ase (s) | compilations |",
+            "| benchmark | status | wall time (s) | score | key metric | model calls | in the calculator (s) | compilations |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for row in model["rows"]:
@@ -432,7 +435,40 @@ def markdown(report: dict) -> str:
                          f"{fmt(row['score'])} | {row['key_metric']} | {fmt(row['model_calls'], 'd')} | "
                          f"{fmt(row['calculator_s'], '.1f')} | {fmt(row['compilations'], 'd')} |")
         lines.append("")
+    by_label = {model["label"]: model for model in report["models"]}
+    for model in report["models"]:
+        peer = by_label.get(model["label"] + "-mlip")
+        if peer is not None:
+            lines += side_by_side(model, peer)
     return "\n".join(lines)
+
+
+def value_only(metric: str | None, like: str | None) -> str:
+    """The peer's key metric without the label the first column already shows."""
+    if not metric:
+        return "–"
+    label = (like or "").rsplit(" ", 2)[0]
+    return metric[len(label):].strip() if label and metric.startswith(label) else metric
+
+
+def side_by_side(ours: dict, peer: dict) -> list[str]:
+    """The same weights through both calculators: scores, wall time and time inside the calculator."""
+    theirs = {row["benchmark"]: row for row in peer["rows"]}
+    lines = [
+        f"## {ours['label']}: mace-ase and mlip's calculator side by side",
+        "",
+        "| benchmark | score mace-ase / mlip | wall time s, mace-ase / mlip | in the calculator s, mace-ase / mlip "
+        "| key metric mace-ase / mlip |",
+        "|---|---|---|---|---|",
+    ]
+    for row in ours["rows"]:
+        other = theirs.get(row["benchmark"], {})
+        lines.append(
+            f"| {row['benchmark']} | {fmt(row['score'])} / {fmt(other.get('score'))} | "
+            f"{fmt(row['wall_s'], '.1f')} / {fmt(other.get('wall_s'), '.1f')} | "
+            f"{fmt(row['calculator_s'], '.1f')} / {fmt(other.get('calculator_s'), '.1f')} | "
+            f"{row['key_metric'] or '–'} / {value_only(other.get('key_metric'), row['key_metric'])} |")
+    return lines + [""]
 
 
 def fmt(value, spec=".3f"):
@@ -444,11 +480,12 @@ def fmt(value, spec=".3f"):
 # ------------------------------------------------------------------ main
 
 
-def audit_model(spec, args, output: Path, inputs: Path, present, missing) -> dict:
-    label = model_label(spec)
+def audit_model(spec, args, output: Path, inputs: Path, present, missing, peer: bool = False) -> dict:
+    label = model_label(spec) + ("-mlip" if peer else "")
     model_file = output / "models" / f"{label}.py"  # MLIPAudit names the results folder after it
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    model_file.write_text(MODEL_FILE.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
+    source = PEER_FILE if peer else MODEL_FILE
+    model_file.write_text(source.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
     results = output / "results"
     log = output / "logs" / f"{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +529,8 @@ def audit_model(spec, args, output: Path, inputs: Path, present, missing) -> dic
             rows.append(row("conformer_selection (Wiggle150)", f"error: {error}", None, None))
 
     scores = read_json(results / label / "score.json") or {}
-    return {"label": label, "spec": spec, "dtype": args.dtype, "wall_s": wall, "peak_rss_gb": peak_rss_gb, "log": str(log),
+    return {"label": label, "spec": spec, "calculator": "mlip MLIPForceFieldASECalculator (float32)" if peer
+            else f"mace-ase MaceCalculator ({args.dtype})", "wall_s": wall, "peak_rss_gb": peak_rss_gb, "log": str(log),
             "error": error,
             "results": str(results / label), "overall_score": scores.get("overall_score"), "scores": scores,
             "rows": rows}
@@ -502,6 +540,8 @@ def row(name, status, section, result, wall=None, result_name=None, api=None):
     no_work = status.startswith(("skipped", "inputs missing", "not run"))
     if wall is None and not no_work and section is not None and section.get("end") is not None:
         wall = (section["end"] - section["start"]).total_seconds()
+    if no_work:
+        section = None
     return {
         "benchmark": name,
         "status": status,
@@ -539,6 +579,8 @@ def main(argv=None):
     }
     for spec in specs:
         report["models"].append(audit_model(spec, args, output, inputs, present, missing))
+        if args.peer_mlip:
+            report["models"].append(audit_model(spec, args, output, inputs, present, missing, peer=True))
     report["load_after"] = load_average()
 
     report_md = args.report or output / "report.md"
