@@ -59,8 +59,12 @@ Block = tuple[int, e3nn.Irrep]  # (multiplicity, irrep)
 
 
 def is_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray]) -> bool:
-    """True for an archive of mlip's v2 MACE (its parameter tree starts with the embedding block)."""
-    return any(key.startswith(PREFIX + "embedding_block#") for key in flat)
+    """True for an archive of an mlip v2 network (MACE or another: ``model_from_mlip_v2`` tells)."""
+    return any(key.startswith((PREFIX + "embedding_block#", PREFIX + "layers_0#")) for key in flat)
+
+
+def _is_mace(flat: dict[str, np.ndarray]) -> bool:
+    return any("#expansion_block#symmetric_contraction#" in key for key in flat)
 
 
 # mlip 0.2.5 MaceConfig defaults, for archives written without some fields.
@@ -525,6 +529,11 @@ def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata:
     from ..archive import MaceModel
     from ..model.params import params_from_flat
 
+    if not _is_mace(flat):
+        raise UnsupportedConfigError(
+            "this is an mlip v2 archive of another architecture than MACE (no symmetric contraction "
+            "among its parameters); mace-ase reads MACE only"
+        )
     config, backend = config_from_mlip_v2(hyperparams)
     maps = _maps(config, backend)
     expected = {mp.key for mp in maps}
