@@ -8,7 +8,10 @@ v1 (``mlip.models_v1.mace``, whose numerics ``mace_ase.model`` follows) and what
 * Species-indexed linears (first-layer selector, skip connections) scale by 1/sqrt(C), v1 by
   1/sqrt(C * num_species): kernels are multiplied by sqrt(num_species) (in float64).
 * Edge vectors point sender -> receiver (v1: the reverse), so odd harmonics change sign: the
-  radial-MLP outputs of paths through an odd harmonic are negated (exact).
+  radial-MLP outputs of paths through an odd harmonic are negated (exact). This keeps the
+  odd-parity node features equal to mlip's; energies, forces and stresses would agree without
+  it (flipping every edge is an inversion of the structure, under which MACE is invariant), so
+  the parity tests cannot detect this sign.
 * Message paths within an irrep are ordered by (sender irrep, harmonic), v1 puts the
   pass-through path first; the aggregated messages interleave channels and paths as c*P + p
   (v1: p*C + c). Both are permutations of radial-MLP columns and ``linear_out`` rows (exact).
