@@ -29,7 +29,6 @@ import optax
 
 from ..archive import MaceModel, load_archive, save_archive
 from ..model import MaceConfig, init_params
-from ..model.mace import message_chunk_bytes
 from . import data as data_module
 from .batching import BatchShape, iterate_batches
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -160,23 +159,6 @@ def evaluate(steps: Steps, params, data, shape: BatchShape, dtype) -> dict:
     return metrics_from_sums(totals)
 
 
-def _unchunked_messages(fn):
-    """Run `fn` with unchunked message passing, then restore the setting.
-
-    A force loss differentiates the model twice, and the chunk scan's own backward pass would
-    keep per-chunk state: chunking is for inference. Restoring it keeps a MaceCalculator used
-    later in the same process on its chunked, memory-bounded message passing.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with message_chunk_bytes(None):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-@_unchunked_messages
 def evaluate_model(model, frames, shape: BatchShape | None = None, dtype=np.float32) -> dict:
     """MAE/RMSE of a MaceModel (e.g. a loaded archive) on labelled frames, in fixed-shape batches."""
     config = model.config
@@ -205,7 +187,6 @@ def export_model(config: MaceConfig, params, path, s: TrainSettings, extra: dict
     return save_archive(MaceModel(config, params, metadata), path)
 
 
-@_unchunked_messages
 def train(s: TrainSettings, resume: bool = False, progress: Callable | None = None, log: Callable = print) -> dict:
     """Run (or resume) the training; returns a summary with the archive path and final metrics.
 
