@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require, small_model
+from conftest import require
 from hf_server import FileServer, closed_port_url
 from mace_ase import weights
 from mace_ase.archive import save_archive
@@ -60,9 +60,9 @@ def _raw_archive(model, folder: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, bytes]:
+def files(model, tmp_path_factory) -> dict[str, bytes]:
     return {
-        "archive": _raw_archive(small_model(radial_mlp_hidden=(64, 64, 64)), tmp_path_factory.mktemp("archive")),
+        "archive": _raw_archive(model, tmp_path_factory.mktemp("archive")),  # conftest's small random model
         "torch": np.random.default_rng(1).bytes(300_000),  # stands in for a .model file (bytes only)
     }
 
