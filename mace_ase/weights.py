@@ -50,7 +50,6 @@ from .errors import (
     LicenseNotAcceptedError,
     LicenseRelabelError,
     ModelNotFoundError,
-    UnsupportedConfigError,
 )
 
 if TYPE_CHECKING:
@@ -167,6 +166,7 @@ def load_model(
     accept_license: bool | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    head: str | None = None,
 ) -> "MaceModel":
     """Resolve `spec` into a model that has passed the licence gate.
 
@@ -179,56 +179,51 @@ def load_model(
         overrides the registry's pin.
     local_files_only: never use the network, only the caches. None: True when
         ``HF_HUB_OFFLINE`` or ``MACE_ASE_OFFLINE`` is set.
+    head: the head to keep from a multi-head model file (files only; None: the reader's default).
     """
     from .archive import MaceModel
 
     if isinstance(spec, MaceModel):
+        if head is not None:
+            raise TypeError("head= selects a head while reading a model file; this model is already loaded")
         return gate(spec, accept_license=accept_license)
     if spec is None:
         spec = DEFAULT_MODEL
     if isinstance(spec, str) and spec in REGISTRY:
-        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only)
+        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only, head)
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
         if not path.exists():
             raise ModelNotFoundError(_not_found_message(path))
-        return gate(_read(path), accept_license=accept_license)
+        return gate(_read(path, head), accept_license=accept_license)
     raise TypeError(f"model must be None, a name, a path or a MaceModel, not {type(spec).__name__}")
 
 
-def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only) -> "MaceModel":
+def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only, head=None) -> "MaceModel":
     _license_gate(entry, accept)  # before downloading a model the user may not be allowed to use
     if entry.bundled:
         path = _bundled_file(entry)
-        model = _read(path)
+        model = _read(path, head)
     else:
         path = fetch_model(entry.name, revision=revision, local_files_only=local_files_only)
-        model = _read_cached(path, entry)
+        model = _read_cached(path, entry, head)
     model.metadata["source"] = _source(entry, revision)
     return gate(model, accept_license=accept, entry=entry)
 
 
-def _read(path: Path) -> "MaceModel":
-    """Any model file mace-ase reads, the format detected from the file (``archive.load_any``)."""
-    from . import archive
+def _read(path: Path, head: str | None = None) -> "MaceModel":
+    """Any model file mace-ase reads (``archive.load_archive`` detects the format)."""
+    from .archive import load_archive
 
-    load_any = getattr(archive, "load_any", None)  # the mace-torch reader (engineer "torch"), once merged
-    if load_any is None:
-        if path.suffix.lower() in (".model", ".pt", ".pth"):
-            raise UnsupportedConfigError(
-                f"{path}: mace-torch .model files cannot be read by this version of mace-ase "
-                "(its reader is not installed); convert it with a version that has `mace-ase convert`"
-            )
-        load_any = archive.load_archive
-    model = load_any(path)
+    model = load_archive(path) if head is None else load_archive(path, head=head)
     model.metadata.setdefault("source_file", path.name)  # recognised by the gate (registered files)
     return model
 
 
-def _read_cached(path: Path, entry: ModelEntry) -> "MaceModel":
+def _read_cached(path: Path, entry: ModelEntry, head: str | None = None) -> "MaceModel":
     """Load a downloaded file; a damaged copy says how to replace it."""
     try:
-        return _read(path)
+        return _read(path, head)
     except ArchiveError as error:
         if entry.url is not None:
             where = f"the mace-ase cache ({path})"
