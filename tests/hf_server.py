@@ -53,7 +53,8 @@ class LocalHub:
 
     @property
     def storage_url(self) -> str:
-        return f"http://127.0.0.1:{self._storage.server_address[1]}"
+        # Another host name than the Hub's (as the real CDN is): no client version follows it as a same-host redirect.
+        return f"http://localhost:{self._storage.server_address[1]}"
 
     def stop(self) -> None:
         for server in (self._hub, self._storage):
