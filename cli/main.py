@@ -40,14 +40,15 @@ def _explain(error: BaseException) -> str | None:
 def _licence_refusal(message: str) -> str:
     """The library's refusal (many lines: the licence summary, the ways to accept) as one CLI line."""
     first = message.splitlines()[0].removesuffix("Licence summary:").strip()
-    name = re.search(r"model '([^']+)'", first)
-    if name is None:
+    env = re.search(r"environment variable (MACE_ASE_ACCEPT_LICENSE=\S+)", message)
+    record = re.search(r"record it once for this user: (.*), saved in ", message)
+    if env is None or record is None:
         return f"{one_line(message)}; or add --accept-license"
-    name, terms = name.group(1), re.search(r"Full terms: (\S+)", message)
+    terms = re.search(r"Full terms: (\S+)", message)
     terms = f" Terms: {terms.group(1)}" if terms else ""
     return (
         f"{first} To accept it (non-commercial use only): add --accept-license to this command, "
-        f"set MACE_ASE_ACCEPT_LICENSE={name}, or record it once with `mace-ase fetch {name} --accept-license`.{terms}"
+        f"set {env.group(1)}, or record it once with {record.group(1)}.{terms}"
     )
 
 
