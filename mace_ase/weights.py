@@ -277,8 +277,8 @@ def gate(model: "MaceModel", accept_license: bool | None = None, *, entry: Model
 
     The terms come from the registry entry it was loaded by (`entry`), the registered file it
     was read from (``metadata["source_file"]``) and its own metadata (``license``,
-    ``commercial_use``, ``derived_from``); the strictest apply. A model that passes carries
-    its licence in its metadata, so that whatever is saved from it keeps the licence.
+    ``commercial_use``, ``derived_from``); each restriction found must be accepted. A model
+    that passes carries its licence in its metadata, so that whatever is saved from it keeps it.
     """
     if _cleared.get(id(model)) is model:
         return model
@@ -331,7 +331,7 @@ def derived_metadata(source: "MaceModel", license: str | None = None) -> dict:
     terms = _restrictions(metadata)
     if not terms:
         return {"license": license or metadata.get("license") or "MIT", "derived_from": [name]}
-    strictest = terms[0]
+    strictest = terms[0]  # the registry's terms first, then the file's, then the metadata's
     if license is not None and license != strictest.license:
         raise LicenseRelabelError(
             f"'{name}' is licensed under the {strictest.license} licence, which does not allow commercial use, "
