@@ -237,6 +237,9 @@ def load_archive(path: str | os.PathLike) -> MaceModel:
     except (KeyError, ValueError) as error:
         raise ArchiveError(f"{path}: {error.args[0]}") from None
     metadata = {"mlip_version": hyperparams.get("version"), **metadata}
+    # The licence gate (mace_ase.weights.gate) recognises published files by name, also when
+    # a model read here is handed to MaceCalculator directly; the first name sticks through re-saves.
+    metadata.setdefault("source_file", Path(path).name)
     return MaceModel(config=config, params=params, metadata=metadata)
 
 

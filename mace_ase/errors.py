@@ -38,3 +38,11 @@ class ModelNotFoundError(MaceAseError, LookupError):
 
 class DownloadError(MaceAseError, ConnectionError):
     """The network (or the Hugging Face Hub) could not be reached; the message says what to do instead."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or cached model file whose sha256 is not the published one."""
+
+
+class LicenseRelabelError(MaceAseError, ValueError):
+    """A model derived from a licence-restricted one was asked to carry another licence."""
