@@ -228,8 +228,8 @@ class MaceCalculator(Calculator):
 
         return energy_forces
 
-    def _hessian_rows(self, params, graph):
-        """All rows of d^2E/dx dx, [3N, 3N], `hessian_block` Hessian-vector products at a time.
+    def _hessian_rows(self, params, graph, rows):
+        """Rows `rows` of d^2E/dx dx, [R, 3N], `hessian_block` Hessian-vector products at a time.
 
         linearize keeps one force call's intermediates; each block then costs a tangent pass,
         so peak memory is a few force calls, not 3N of them (as jax.hessian would take).
@@ -247,23 +247,23 @@ class MaceCalculator(Calculator):
             unit = jnp.zeros(size, positions.dtype).at[k].set(1.0).reshape(positions.shape)
             return hessian_vector(unit).reshape(size)
 
-        return jax.lax.map(row, jnp.arange(size, dtype=jnp.int32), batch_size=min(self.hessian_block, size))
+        return jax.lax.map(row, rows, batch_size=min(self.hessian_block, rows.shape[0]))
 
     def _node_features(self, params, graph):
         features, _ = node_features(params, self._device_config, graph)
         return [{str(ir): v for ir, v in layer.items()} for layer in features]
 
-    def _executable(self, kind: str, graph: Graph):
+    def _executable(self, kind: str, graph: Graph, *extra):
         """The compiled program for this kind and padded shape: cached, or compiled now (LRU-bounded)."""
-        key = (kind, graph.positions.shape[0], graph.senders.shape[0], graph.cells.shape[0])
+        key = (kind, graph.positions.shape[0], graph.senders.shape[0], graph.cells.shape[0]) + tuple(e.shape[0] for e in extra)
         program = self._executables.get(key)
         if program is not None:
             self._executables.move_to_end(key)
             return program
         body = self._bodies[kind]
 
-        def traced(params, graph):  # a new function per shape: dropping the program frees JAX's caches of it
-            return body(params, graph)
+        def traced(params, graph, *extra):  # a new function per shape: dropping the program frees JAX's caches of it
+            return body(params, graph, *extra)
 
         traced.__name__ = kind  # names the program (logs, persistent cache entries)
         start = time.perf_counter()
@@ -271,7 +271,7 @@ class MaceCalculator(Calculator):
         logger.info("mace-ase: compiling %s for %d nodes, %d edges, %d graph(s), %s (compilation #%d)",
                     kind, key[1], key[2], key[3], np.dtype(self.dtype).name, self.compile_count)
         with self._precision():
-            program = jax.jit(traced).lower(self.params, graph).compile()
+            program = jax.jit(traced).lower(self.params, graph, *extra).compile()
         self.timings["compile"] += time.perf_counter() - start
         self._executables[key] = program
         while len(self._executables) > self.max_executables:
@@ -325,10 +325,10 @@ class MaceCalculator(Calculator):
         self.timings["padding"] += time.perf_counter() - start
         return graph
 
-    def _too_large(self, structures: Sequence[Structure], graph: Graph, kind: str, error) -> StructureTooLargeError:
+    def _too_large(self, structures: Sequence[Structure], graph: Graph, kind: str, error, key) -> StructureTooLargeError:
         atoms = sum(s.num_nodes for s in structures)
         edges = sum(s.num_edges for s in structures)
-        program = self._executables.get((kind, graph.positions.shape[0], graph.senders.shape[0], graph.cells.shape[0]))
+        program = self._executables.get(key)
         estimate = ""
         with contextlib.suppress(Exception):
             memory = program.memory_analysis()
@@ -342,15 +342,16 @@ class MaceCalculator(Calculator):
             + (", or a smaller hessian_block" if kind == "hessian" else ", or fewer structures per batch (batch_atoms)")
         )
 
-    def _run(self, kind: str, graph: Graph, structures: Sequence[Structure]):
+    def _run(self, kind: str, graph: Graph, structures: Sequence[Structure], *extra):
         try:
-            program = self._executable(kind, graph)
+            program = self._executable(kind, graph, *extra)
             start = time.perf_counter()
             with self._precision():
-                out = jax.device_get(program(self.params, graph))
+                out = jax.device_get(program(self.params, graph, *extra))
         except (jax.errors.JaxRuntimeError, MemoryError) as error:
             if _out_of_memory(error):
-                raise self._too_large(structures, graph, kind, error) from None
+                key = (kind, graph.positions.shape[0], graph.senders.shape[0], graph.cells.shape[0])
+                raise self._too_large(structures, graph, kind, error, key + tuple(e.shape[0] for e in extra)) from None
             raise
         self.timings["model"] += time.perf_counter() - start
         self.timings["calls"] += 1
@@ -483,18 +484,28 @@ class MaceCalculator(Calculator):
             return self._batch_chunk(structures[:half], kind, stress) + self._batch_chunk(structures[half:], kind, stress)
         return self._results(out, structures, stress)
 
-    def get_hessian(self, atoms=None) -> np.ndarray:
-        """d^2E / dx_i dx_j as a [3N, 3N] array in eV/Å^2 (autodiff, exact for the model).
+    def get_hessian(self, atoms=None, indices: Sequence[int] | None = None) -> np.ndarray:
+        """d^2E / dx_i dx_j in eV/Å^2 (autodiff, exact for the model): [3N, 3N], or with `indices`
+        the rows of those atoms only, [3 len(indices), 3N] (a partial Hessian, as ase.vibrations'
+        ``indices``).
 
         Computed in blocks of ``hessian_block`` rows: peak memory a few force calls.
         """
         with self._lock:
             atoms = self._atoms(atoms)
+            n = len(atoms)
+            indices = np.arange(n) if indices is None else np.asarray(indices, dtype=int).reshape(-1)
+            if indices.size == 0 or indices.min() < -n or indices.max() >= n:
+                raise InvalidOptionError(f"indices must name atoms of this structure (0..{n - 1}), got {indices.tolist()}")
+            indices = indices % n
             structure = self._structure(atoms, verlet=False)
             graph = self._pad([structure])
-            rows = np.asarray(self._run("hessian", graph, [structure]), dtype=float)
-        n, padded = len(atoms), graph.positions.shape[0]
-        return rows.reshape(padded, 3, padded, 3)[:n, :, :n, :].reshape(3 * n, 3 * n)
+            wanted = (3 * indices[:, None] + np.arange(3)).reshape(-1)
+            rows = np.zeros(size_bucket(len(wanted)), np.int32)  # padded with row 0, dropped below
+            rows[: len(wanted)] = wanted
+            out = np.asarray(self._run("hessian", graph, [structure], rows), dtype=float)[: len(wanted)]
+        padded = graph.positions.shape[0]
+        return out.reshape(len(wanted), padded, 3)[:, :n, :].reshape(len(wanted), 3 * n)
 
     def get_descriptors(self, atoms=None, invariants_only: bool = True, num_layers: int = -1) -> np.ndarray:
         """Per-atom node features of the first `num_layers` layers (-1: all), like mace-torch.

@@ -124,16 +124,20 @@ def neighbour_edges(positions, cell, pbc, cutoff: float) -> Edges:
 
 def species_indices(numbers, atomic_numbers: Sequence[int]) -> np.ndarray:
     """Atomic numbers -> indices into the model's element list; unknown ones are named."""
-    from ase.data import chemical_symbols
+    numbers = np.asarray(numbers, dtype=np.int64)
+    lookup = np.full(max(max(atomic_numbers), int(numbers.max(initial=0))) + 1, -1, np.int32)
+    lookup[list(atomic_numbers)] = np.arange(len(atomic_numbers), dtype=np.int32)
+    species = lookup[np.clip(numbers, 0, None)]
+    if (species < 0).any() or (numbers < 0).any():
+        from ase.data import chemical_symbols
 
-    lookup = {z: k for k, z in enumerate(atomic_numbers)}
-    unknown = sorted({int(z) for z in numbers} - set(lookup))
-    if unknown:
+        unknown = sorted({int(z) for z in numbers[(species < 0) | (numbers < 0)]})
+        names = [chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}" for z in unknown]
         raise UnknownElementError(
-            f"element(s) {', '.join(chemical_symbols[z] for z in unknown)} not supported by this model; "
+            f"element(s) {', '.join(names)} not supported by this model; "
             f"it knows {' '.join(chemical_symbols[z] for z in atomic_numbers)}"
         )
-    return np.array([lookup[int(z)] for z in numbers], dtype=np.int32)
+    return species
 
 
 # --------------------------------------------------------------------------

@@ -431,6 +431,8 @@ def test_hessian_is_symmetric_and_matches_ase_vibrations(smooth_model, tmp_path)
     numerical = vib.get_vibrations().get_hessian_2d()
     assert np.abs(hessian).max() > 0.1
     np.testing.assert_allclose(hessian, numerical, atol=1e-6)
+    rows = calc.get_hessian(atoms, indices=[4, 1])  # a partial Hessian: those atoms' rows
+    np.testing.assert_allclose(rows, hessian[[12, 13, 14, 3, 4, 5]], atol=1e-12)
 
 
 @pytest.mark.x64
