@@ -158,9 +158,14 @@ def test_degenerate_periodic_cell(calc, cell, pbc):
 
 
 def test_zero_cell_without_pbc_is_a_molecule(calc):
-    atoms = molecule("H2O")  # cell all zeros, pbc False: fine
+    """Cell all zeros, pbc False: fine, and the same as the molecule alone in a large periodic box."""
+    atoms = molecule("H2O")
     atoms.calc = calc
-    assert np.isfinite(atoms.get_potential_energy())
+    boxed = atoms.copy()
+    boxed.cell, boxed.pbc = [30.0, 30.0, 30.0], True  # no image within the cutoff
+    boxed.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(boxed.get_potential_energy(), abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), boxed.get_forces(), atol=1e-10)
 
 
 def test_batch_refuses_bad_members_by_index(calc):

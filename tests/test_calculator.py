@@ -107,10 +107,20 @@ def test_verlet_skin_is_exact_and_reused(smooth_model):
     assert skinned.compile_count == 1
 
 
-def test_per_atom_energies_sum_to_total(smooth_model, aspirin):
+@pytest.mark.x64  # the reference evaluates the model function itself, in float64
+def test_per_atom_energies_match_the_model_function_and_sum_to_total(smooth_model, aspirin):
+    """Against node_energies on a graph from ASE's own neighbour list (E0 included there on the device)."""
+    from ase.neighborlist import primitive_neighbor_list
+
+    from mace_ase.model import node_energies
+
     aspirin.calc = MaceCalculator(smooth_model, dtype="float64")
     energies = aspirin.get_potential_energies()
-    assert energies.shape == (len(aspirin),)
+    i, j = primitive_neighbor_list("ij", aspirin.pbc, aspirin.cell.array, aspirin.positions, smooth_model.cutoff)
+    graph = single_graph(aspirin.positions, species_indices(aspirin.numbers, smooth_model.atomic_numbers), i, j)
+    reference = np.asarray(node_energies(smooth_model.params, smooth_model.config, graph))
+    assert np.ptp(reference) > 0.1  # atoms differ: a per-atom mix-up would show
+    np.testing.assert_allclose(energies, reference, atol=1e-10)
     assert energies.sum() == pytest.approx(aspirin.get_potential_energy(), abs=1e-10)
     assert aspirin.get_potential_energy() == aspirin.calc.results["free_energy"]
 
