@@ -73,7 +73,7 @@ def test_nve_velocity_verlet_conserves_energy(aspirin_model, aspirin_300K):
     assert potential.std() > 0.05 and total.std() < 0.02 * potential.std()
     assert largest_distance(aspirin_300K) < largest_distance(start) + 2.0  # still one molecule
     assert 100 < aspirin_300K.get_temperature() < 600
-    assert calc.compile_count == 1 and 1 < calc.neighbour_builds < 200  # the skin list is reused, and rebuilt
+    assert calc.compile_count <= 2 and 1 < calc.neighbour_builds < 200  # two edge buckets at most; skin list reused
 
     drift32, total32, _, calc32 = nve_drift(start, aspirin_model, "float32")
     print(f"NVE float32: drift {drift32:.2e} eV/atom/ps, total-energy std {total32.std():.2e} eV")
