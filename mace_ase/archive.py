@@ -140,6 +140,15 @@ def config_from_mlip(hyperparams: dict) -> MaceConfig:
 
 def config_to_mlip(config: MaceConfig) -> dict:
     """MaceConfig -> the ``config`` and ``dataset_info`` sections mlip expects."""
+    if config.activation_scale is not None:
+        raise UnsupportedConfigError(
+            f"activation_scale={config.activation_scale!r} has no place in an mlip archive "
+            "(mlip always uses e3nn-jax's normalisation)"
+        )
+    if config.avg_r_min is None and config.radial_scale != 1.0:
+        raise UnsupportedConfigError(
+            f"radial_scale={config.radial_scale!r} without avg_r_min has no place in an mlip archive"
+        )
     return {
         "config": {
             "num_layers": config.num_layers,
@@ -202,15 +211,17 @@ def read_archive(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], 
 
 
 def load_archive(path: str | os.PathLike) -> MaceModel:
-    """Read an mlip v1 MACE archive (or one written by mace-ase)."""
+    """Read an mlip v1 or v2 MACE archive (or one written by mace-ase)."""
     hyperparams, flat, metadata = read_archive(path)
     # ---- mlip v2 (mace_ase.formats.mlip_v2) ----
     from .formats import mlip_v2
 
     if mlip_v2.is_mlip_v2(hyperparams, flat):
-        metadata = {k: v for k, v in metadata.items() if k != CONFIG_KEY}
+        metadata = dict(metadata)
+        stored = metadata.pop(CONFIG_KEY, {}) or {}
+        metadata.setdefault("source_file", Path(path).name)  # as for v1, below
         try:
-            return mlip_v2.model_from_mlip_v2(hyperparams, flat, metadata)
+            return mlip_v2.model_from_mlip_v2(hyperparams, flat, metadata, radial_scale=stored.get("radial_scale"))
         except ArchiveError as error:
             raise ArchiveError(f"{path}: {error}") from None
     # ---- mlip v1 ----
@@ -230,11 +241,17 @@ def load_archive(path: str | os.PathLike) -> MaceModel:
         )
     if hidden:
         config = config.replace(radial_mlp_hidden=hidden)
+    if stored.get("radial_scale") is not None:
+        # The constant this model was saved with (mlip recomputes it, in float32, on its XLA).
+        config = config.replace(radial_scale=float(stored["radial_scale"]))
     try:
         params = params_from_flat(config, flat)
     except (KeyError, ValueError) as error:
         raise ArchiveError(f"{path}: {error.args[0]}") from None
     metadata = {"mlip_version": hyperparams.get("version"), **metadata}
+    # The licence gate (mace_ase.weights.gate) recognises published files by name, also when
+    # a model read here is handed to MaceCalculator directly; the first name sticks through re-saves.
+    metadata.setdefault("source_file", Path(path).name)
     return MaceModel(config=config, params=params, metadata=metadata)
 
 
@@ -268,15 +285,23 @@ def save_archive(model: MaceModel, path: str | os.PathLike, format: str = "mlip-
     if format == "mlip-v2":
         from .formats.mlip_v2 import mlip_v2_from_model
 
-        hyperparams, flat = mlip_v2_from_model(model)
+        hyperparams, flat = mlip_v2_from_model(model)  # refuses what v2 cannot express
+        if model.config.avg_r_min is not None:
+            # mlip recomputes it from avg_r_min (same definition); mace-ase reads back this value.
+            metadata[CONFIG_KEY] = {"radial_scale": model.config.radial_scale}
     # ---- mlip v1 ----
     elif format == "mlip-v1":
         hyperparams = config_to_mlip(model.config)
         hyperparams["version"] = MLIP_VERSION_WRITTEN
         flat = params_to_flat(model.config, model.params)
+        stored = {}
         if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
             # Not an mlip hyper-parameter (mlip fixes 64,64,64): kept where mlip does not look.
-            metadata[CONFIG_KEY] = {"radial_mlp_hidden": list(model.config.radial_mlp_hidden)}
+            stored["radial_mlp_hidden"] = list(model.config.radial_mlp_hidden)
+        if model.config.avg_r_min is not None:
+            stored["radial_scale"] = model.config.radial_scale  # fixed once, see MaceConfig
+        if stored:
+            metadata[CONFIG_KEY] = stored
     else:
         raise ValueError(f"unknown archive format {format!r}: choose one of {', '.join(ARCHIVE_FORMATS)}")
     buffer = io.BytesIO()

@@ -28,7 +28,7 @@ import pytest
 from conftest import require, small_model
 
 import mlip_v2_reference as ref2
-from mace_ase.archive import load_archive, save_archive
+from mace_ase.archive import MaceModel, load_archive, save_archive
 from mace_ase.errors import ArchiveError, UnsupportedConfigError
 from mace_ase.formats.mlip_v2 import e3j_product_basis, mlip_v2_from_model
 from mace_ase.model import energy_forces_stress
@@ -273,6 +273,34 @@ def test_v2_archive_with_wrong_or_extra_parameters_says_which(tmp_path):
     nan = dict(flat, **{key: np.full_like(flat[key], np.nan)})
     with pytest.raises(ArchiveError, match="NaN"):
         load_archive(write_zip(tmp_path / "nan.zip", hyperparams, nan))
+
+
+def test_v2_carries_radial_scale_and_refuses_constants_it_cannot_express(tmp_path):
+    """mlip's v2 MACE derives the radial scale from avg_r_min and always normalises the activation
+    by e3nn-jax: mace-ase writes its radial_scale beside (read back exactly) and refuses a model,
+    or an archive, whose constants v2 would not reproduce."""
+    hyperparams, flat, _ = golden("v2variant")
+    model = load_archive(write_zip(tmp_path / "variant.zip", hyperparams, flat))
+    assert model.config.avg_r_min is not None and model.config.radial_scale != 1.0
+    # A value off by float32 rounding only (another XLA's) is the same constant: kept exactly.
+    nudged = model.config.radial_scale * (1 + 2e-7)
+    same = MaceModel(model.config.replace(radial_scale=nudged), model.params, dict(model.metadata))
+    path = save_archive(same, tmp_path / "nudged-mace.zip", format="mlip-v2")
+    assert load_archive(path).config.radial_scale == nudged
+    for change, name in [({"radial_scale": model.config.radial_scale * 1.01}, "radial_scale"),
+                         ({"activation_scale": 1.1}, "activation_scale")]:
+        other = MaceModel(model.config.replace(**change), model.params, dict(model.metadata))
+        with pytest.raises(UnsupportedConfigError, match=name):
+            save_archive(other, tmp_path / "other-mace.zip", format="mlip-v2")
+    hyperparams, flat = mlip_v2_from_model(model)
+    with zipfile.ZipFile(path) as archive:
+        metadata = json.loads(archive.read("mace_ase.json"))
+    metadata["mace_ase_config"]["radial_scale"] = model.config.radial_scale * 1.01
+    tampered = write_zip(tmp_path / "tampered-mace.zip", hyperparams, flat)
+    with zipfile.ZipFile(tampered, "a") as archive:
+        archive.writestr("mace_ase.json", json.dumps(metadata))
+    with pytest.raises(UnsupportedConfigError, match="radial_scale"):
+        load_archive(tampered)
 
 
 def test_v2_golden_fixtures_are_small():

@@ -26,6 +26,11 @@ v1 (``mlip.models_v1.mace``, whose numerics ``mace_ase.model`` follows) and what
   copies); E0s are looked up by atomic number, ``add_atomic_energies=False`` means zero E0s;
   energies are E0 + mean + std * sum of readouts, as in v1. Activation constants are e3nn's
   ``normalize_function`` evaluated at trace time in both.
+* The radial basis is scaled by 1/RMS on [avg_r_min, cutoff], which mlip recomputes from
+  avg_r_min (float32, on its XLA): ``MaceConfig.radial_scale``. Archives mace-ase writes keep
+  the value in mace-ase's metadata, read back exactly; a value v2 would not recompute (other
+  than by float32 rounding) is refused on writing and reading, as is an ``activation_scale``
+  (v2 always uses e3nn-jax's normalisation).
 * Several readout heads: v2 uses head 0 only (v1 sums them): refused, as are charges
   (partial charges, Coulomb, total-charge embedding), node gating, soft normalisation, a first
   layer with a residual connection, Gaunt tensor products, pseudotensors, a radial-MLP
@@ -49,6 +54,7 @@ from ..errors import ArchiveError, UnsupportedConfigError
 from ..model.config import MaceConfig
 from ..model.mace import input_irreps, interaction_irreps, message_paths, node_irreps, product_basis, product_keep
 from ..model.params import parameter_layout
+from ..model.radial import embedding_scale
 
 PREFIX = "params#mlip_network#"
 MLIP_VERSION_WRITTEN = "0.2.5"
@@ -527,8 +533,26 @@ def _maps(config: MaceConfig, backend: str) -> list[_Map]:
 # ------------------------------------------------------------------ models
 
 
-def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata: dict | None = None):
-    """A v2 archive's contents -> MaceModel (mace-ase's config and parameters)."""
+# mlip computes the radial scale in float32 on whatever XLA runs it: values that agree to this
+# relative tolerance are the same constant; anything further apart is another model.
+RADIAL_SCALE_RTOL = 1e-5
+
+
+def _check_radial_scale(config: MaceConfig, value: float, where: str) -> None:
+    """Refuse a radial_scale that mlip's v2 MACE, which derives it from avg_r_min, would not use."""
+    derived = embedding_scale(config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
+    if not abs(value - derived) <= RADIAL_SCALE_RTOL * derived:
+        raise UnsupportedConfigError(
+            f"unsupported for mlip v2: radial_scale={value!r} {where}, but mlip's v2 MACE derives "
+            f"{derived!r} from avg_r_min={config.avg_r_min!r} and has no field for another value"
+        )
+
+
+def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata: dict | None = None,
+                       radial_scale: float | None = None):
+    """A v2 archive's contents -> MaceModel (mace-ase's config and parameters).
+
+    `radial_scale`: the value mace-ase stored when it wrote the archive (else derived from avg_r_min)."""
     from ..archive import MaceModel
     from ..model.params import params_from_flat
 
@@ -538,6 +562,9 @@ def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata:
             "among its parameters); mace-ase reads MACE only"
         )
     config, backend = config_from_mlip_v2(hyperparams)
+    if radial_scale is not None:
+        _check_radial_scale(config, float(radial_scale), "in the archive's mace-ase metadata")
+        config = config.replace(radial_scale=float(radial_scale))
     maps = _maps(config, backend)
     expected = {mp.key for mp in maps}
     unused = sorted(set(flat) - expected)
@@ -575,6 +602,12 @@ def mlip_v2_from_model(model, backend: str = "e3j") -> tuple[dict, dict[str, np.
         backend = "e3nn_symmetric"
     elif backend != "e3j":
         backend = "e3nn"
+    if config.activation_scale is not None:
+        raise UnsupportedConfigError(
+            f"unsupported for mlip v2: activation_scale={config.activation_scale!r} "
+            "(mlip always uses e3nn-jax's normalisation of the activation)"
+        )
+    _check_radial_scale(config, config.radial_scale, "in this model")
     if config.num_readout_heads != 1:
         raise UnsupportedConfigError(
             f"unsupported for mlip v2: num_readout_heads={config.num_readout_heads} (v2 uses head 0 only, mace-ase sums the heads)"
