@@ -3,7 +3,8 @@
     mlipaudit benchmark -m benchmarks/mlipaudit/model.py -i INPUTS -o OUT -rm dev
 
 MLIPAudit runs this file and benchmarks the ASE calculator bound to
-``mlipaudit_external_model``. Which model, from the environment:
+``mlipaudit_external_model`` (it reads ``allowed_atomic_numbers`` to skip benchmarks with
+elements the model lacks). Which model, from the environment:
 
 - ``MACE_ASE_MLIPAUDIT_MODEL``: a registered name or an archive path (unset or empty: the
   bundled model);
@@ -24,8 +25,3 @@ mlipaudit_external_model = MaceCalculator(
     dtype=os.environ.get("MACE_ASE_MLIPAUDIT_DTYPE") or "float32",
     accept_license=os.environ.get("MACE_ASE_MLIPAUDIT_ACCEPT_LICENSE") == "1" or None,
 )
-
-# Until MaceCalculator exposes it (issue 16, item 1): MLIPAudit asks every calculator for the
-# atomic numbers it can handle before each benchmark.
-if not hasattr(mlipaudit_external_model, "allowed_atomic_numbers"):
-    mlipaudit_external_model.allowed_atomic_numbers = set(mlipaudit_external_model.config.atomic_numbers)

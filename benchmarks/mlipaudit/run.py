@@ -3,6 +3,7 @@
     python benchmarks/mlipaudit/run.py                                   # the bundled model
     python benchmarks/mlipaudit/run.py --model tests/data/aspirin-small.zip --model mace-ase-small-xtb
     python benchmarks/mlipaudit/run.py --benchmarks tautomers dihedral_scan --output /tmp/audit
+    python benchmarks/mlipaudit/run.py --peer-mlip --v2-archive --report benchmarks/results/mlipaudit.md
 
 For each model this runs MLIPAudit's own command line (``mlipaudit benchmark -m MODEL.py``,
 as ``python -m mlipaudit.main``) once, on every benchmark whose input folder exists, with
@@ -14,6 +15,13 @@ the inputs (``conformer_selection``'s default Folmsbee set) is reported as such,
 through MLIPAudit's Python API on the data set that exists (Wiggle150), and its result is
 added to the model's score file with MLIPAudit's own writers. The table (benchmark, status,
 wall time, score, key metric) goes to ``OUTPUT/report.md`` and ``report.json``, or ``--report``.
+
+Peers on the same weights, side by side (same benchmark code, another implementation):
+``--peer-mlip`` runs mlip's own ASE calculator (``mlip_peer.py``); ``--v2-archive`` writes the
+model as an mlip v2 archive with mace-ase (``save_archive(..., format="mlip-v2")``) and gives
+that zip to MLIPAudit as ``-m <label>-v2-mace.zip``, which MLIPAudit loads with mlip's own v2
+MACE class (its path for InstaDeep's models). ``--cache-effect`` runs mace-ase twice on a fresh,
+empty persistent compilation cache (``MACE_ASE_COMPILATION_CACHE``): cold, then warm.
 
 The inputs are tiny truncated subsets: the table tests the pipeline and the client contract,
 not the accuracy of a model.
@@ -88,6 +96,11 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--peer-mlip", action="store_true",
                         help="also run each model through mlip's own ASE calculator (same weights, side by side)")
+    parser.add_argument("--v2-archive", action="store_true",
+                        help="also run each model as a mace-ase-written mlip v2 archive through MLIPAudit's own loader "
+                             "(-m MODEL-v2-mace.zip: mlip's v2 MACE evaluates it)")
+    parser.add_argument("--cache-effect", action="store_true",
+                        help="run mace-ase twice on a fresh persistent compilation cache (cold, then warm)")
     parser.add_argument("--accept-license", action="store_true",
                         help="accept the licences of the models given (non-commercial models refuse to load otherwise)")
     parser.add_argument("--report", type=Path, default=None,
@@ -135,8 +148,10 @@ def mlipaudit_version() -> str:
 # ------------------------------------------------------------------ running
 
 
-def environment(spec: str | None, dtype: str, accept_license: bool) -> dict:
+def environment(spec: str | None, dtype: str, accept_license: bool, compilation_cache: Path | None = None) -> dict:
     env = dict(os.environ)
+    if compilation_cache is not None:
+        env["MACE_ASE_COMPILATION_CACHE"] = str(compilation_cache)
     env["MACE_ASE_MLIPAUDIT_ACCEPT_LICENSE"] = "1" if accept_license else ""
     env["HF_HUB_OFFLINE"] = "1"  # a missing input folder must not turn into a download attempt
     env["MACE_ASE_MLIPAUDIT_MODEL"] = spec or ""
@@ -435,12 +450,34 @@ def markdown(report: dict) -> str:
                          f"{fmt(row['score'])} | {row['key_metric']} | {fmt(row['model_calls'], 'd')} | "
                          f"{fmt(row['calculator_s'], '.1f')} | {fmt(row['compilations'], 'd')} |")
         lines.append("")
-    by_label = {model["label"]: model for model in report["models"]}
-    for model in report["models"]:
-        peer = by_label.get(model["label"] + "-mlip")
-        if peer is not None:
-            lines += side_by_side(model, peer)
+    for base in dict.fromkeys(model["base"] for model in report["models"]):
+        runs = [model for model in report["models"] if model["base"] == base]
+        ours = [model for model in runs if model["kind"] == "mace-ase"]
+        peers = [model for model in runs if model["kind"] != "mace-ase"]
+        if len(ours) == 2:  # --cache-effect: cold, then warm
+            lines += cold_and_warm(*ours)
+        if ours and peers:
+            lines += side_by_side(ours[-1], peers)
     return "\n".join(lines)
+
+
+def cold_and_warm(cold: dict, warm: dict) -> list[str]:
+    """The same mace-ase run on an empty persistent compilation cache, then on the filled one."""
+    theirs = {row["benchmark"]: row for row in warm["rows"]}
+    lines = [
+        f"## {cold['base']}: persistent compilation cache, cold / warm",
+        "",
+        f"Total wall time {cold['wall_s']:.0f} s / {warm['wall_s']:.0f} s.",
+        "",
+        "| benchmark | wall time s, cold / warm | in the calculator s, cold / warm | compilations (traces), cold / warm |",
+        "|---|---|---|---|",
+    ]
+    for row in cold["rows"]:
+        other = theirs.get(row["benchmark"], {})
+        lines.append(f"| {row['benchmark']} | {fmt(row['wall_s'], '.1f')} / {fmt(other.get('wall_s'), '.1f')} | "
+                     f"{fmt(row['calculator_s'], '.1f')} / {fmt(other.get('calculator_s'), '.1f')} | "
+                     f"{fmt(row['compilations'], 'd')} / {fmt(other.get('compilations'), 'd')} |")
+    return lines + [""]
 
 
 def value_only(metric: str | None, like: str | None) -> str:
@@ -451,23 +488,30 @@ def value_only(metric: str | None, like: str | None) -> str:
     return metric[len(label):].strip() if label and metric.startswith(label) else metric
 
 
-def side_by_side(ours: dict, peer: dict) -> list[str]:
-    """The same weights through both calculators: scores, wall time and time inside the calculator."""
-    theirs = {row["benchmark"]: row for row in peer["rows"]}
+# Runs of the same weights by other code, shown beside the mace-ase run.
+PEER_NAMES = {"mlip": "mlip calc", "v2-zip": "mlip v2 zip"}
+
+
+def side_by_side(ours: dict, peers: list[dict]) -> list[str]:
+    """The same weights through mace-ase and its peers: scores, wall time, time inside the calculator."""
+    names = ["mace-ase"] + [PEER_NAMES[peer["kind"]] for peer in peers]
+    theirs = [{row["benchmark"]: row for row in peer["rows"]} for peer in peers]
+    slash = " / ".join(names)
     lines = [
-        f"## {ours['label']}: mace-ase and mlip's calculator side by side",
+        f"## {ours['base']}: {', '.join(names)} side by side",
         "",
-        "| benchmark | score mace-ase / mlip | wall time s, mace-ase / mlip | in the calculator s, mace-ase / mlip "
-        "| key metric mace-ase / mlip |",
+        f"| benchmark | score {slash} | wall time s, {slash} | in the calculator s, {slash} | key metric {slash} |",
         "|---|---|---|---|---|",
     ]
     for row in ours["rows"]:
-        other = theirs.get(row["benchmark"], {})
-        lines.append(
-            f"| {row['benchmark']} | {fmt(row['score'])} / {fmt(other.get('score'))} | "
-            f"{fmt(row['wall_s'], '.1f')} / {fmt(other.get('wall_s'), '.1f')} | "
-            f"{fmt(row['calculator_s'], '.1f')} / {fmt(other.get('calculator_s'), '.1f')} | "
-            f"{row['key_metric'] or '–'} / {value_only(other.get('key_metric'), row['key_metric'])} |")
+        others = [other.get(row["benchmark"], {}) for other in theirs]
+        cells = [
+            " / ".join([fmt(row["score"])] + [fmt(o.get("score")) for o in others]),
+            " / ".join([fmt(row["wall_s"], ".1f")] + [fmt(o.get("wall_s"), ".1f") for o in others]),
+            " / ".join([fmt(row["calculator_s"], ".1f")] + [fmt(o.get("calculator_s"), ".1f") for o in others]),
+            " / ".join([row["key_metric"] or "–"] + [value_only(o.get("key_metric"), row["key_metric"]) for o in others]),
+        ]
+        lines.append(f"| {row['benchmark']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -480,16 +524,32 @@ def fmt(value, spec=".3f"):
 # ------------------------------------------------------------------ main
 
 
-def audit_model(spec, args, output: Path, inputs: Path, present, missing, peer: bool = False) -> dict:
-    label = model_label(spec) + ("-mlip" if peer else "")
-    model_file = output / "models" / f"{label}.py"  # MLIPAudit names the results folder after it
+def write_v2_archive(spec: str | None, path: Path, accept_license: bool) -> Path:
+    """The model as an mlip v2 archive written by mace-ase (the licence gate applies, and the
+    archive keeps the model's licence metadata)."""
+    from mace_ase.archive import save_archive
+    from mace_ase.weights import load_model
+
+    return save_archive(load_model(spec, accept_license=accept_license or None), path, format="mlip-v2")
+
+
+def audit_model(spec, args, output: Path, inputs: Path, present, missing, kind: str = "mace-ase",
+                suffix: str = "", compilation_cache: Path | None = None) -> dict:
+    """One model through `mlipaudit benchmark`: kind "mace-ase" (model.py), "mlip" (mlip_peer.py)
+    or "v2-zip" (a mace-ase-written v2 archive, evaluated by mlip's v2 MACE inside MLIPAudit)."""
+    label = model_label(spec) + {"mace-ase": suffix, "mlip": "-mlip", "v2-zip": "-v2-mace"}[kind]
+    # MLIPAudit names the results folder after the model file's stem.
+    model_file = output / "models" / (f"{label}.zip" if kind == "v2-zip" else f"{label}.py")
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    source = PEER_FILE if peer else MODEL_FILE
-    model_file.write_text(source.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
+    if kind == "v2-zip":
+        write_v2_archive(spec, model_file, args.accept_license)  # no probe: mlip's ForceField has no counters
+    else:
+        source = PEER_FILE if kind == "mlip" else MODEL_FILE
+        model_file.write_text(source.read_text(encoding="utf-8") + PROBE, encoding="utf-8")
     results = output / "results"
     log = output / "logs" / f"{label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = environment(spec, args.dtype, args.accept_license)
+    env = environment(spec, args.dtype, args.accept_license, compilation_cache)
 
     print(f"== {label}: {len(present)} benchmark(s) through `mlipaudit benchmark`", flush=True)
     wall, returncode, peak_rss_gb = run_cli(model_file, [b.name for b in present], inputs, results, args.run_mode, env, log)
@@ -529,8 +589,13 @@ def audit_model(spec, args, output: Path, inputs: Path, present, missing, peer: 
             rows.append(row("conformer_selection (Wiggle150)", f"error: {error}", None, None))
 
     scores = read_json(results / label / "score.json") or {}
-    return {"label": label, "spec": spec, "calculator": "mlip MLIPForceFieldASECalculator (float32)" if peer
-            else f"mace-ase MaceCalculator ({args.dtype})", "wall_s": wall, "peak_rss_gb": peak_rss_gb, "log": str(log),
+    calculator = {"mace-ase": f"mace-ase MaceCalculator ({args.dtype})",
+                  "mlip": "mlip MLIPForceFieldASECalculator (float32)",
+                  "v2-zip": "mlip 0.2.5's v2 MACE (mlip.models.mace) loaded by MLIPAudit from the v2 archive mace-ase "
+                            "wrote (float32)"}[kind]
+    if compilation_cache is not None:
+        calculator += f", persistent compilation cache {compilation_cache}"
+    return {"label": label, "base": model_label(spec), "kind": kind, "spec": spec, "calculator": calculator, "wall_s": wall, "peak_rss_gb": peak_rss_gb, "log": str(log),
             "error": error,
             "results": str(results / label), "overall_score": scores.get("overall_score"), "scores": scores,
             "rows": rows}
@@ -578,9 +643,18 @@ def main(argv=None):
         "models": [],
     }
     for spec in specs:
-        report["models"].append(audit_model(spec, args, output, inputs, present, missing))
+        if args.cache_effect:  # a fresh cache: the first run compiles and stores, the second loads
+            cache = output / "jax-compilation-cache" / model_label(spec)
+            shutil.rmtree(cache, ignore_errors=True)
+            for suffix in ("-cold-cache", "-warm-cache"):
+                report["models"].append(audit_model(spec, args, output, inputs, present, missing, suffix=suffix,
+                                                    compilation_cache=cache))
+        else:
+            report["models"].append(audit_model(spec, args, output, inputs, present, missing))
         if args.peer_mlip:
-            report["models"].append(audit_model(spec, args, output, inputs, present, missing, peer=True))
+            report["models"].append(audit_model(spec, args, output, inputs, present, missing, kind="mlip"))
+        if args.v2_archive:
+            report["models"].append(audit_model(spec, args, output, inputs, present, missing, kind="v2-zip"))
     report["load_after"] = load_average()
 
     report_md = args.report or output / "report.md"
