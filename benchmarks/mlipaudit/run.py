@@ -533,6 +533,17 @@ def write_v2_archive(spec: str | None, path: Path, accept_license: bool) -> Path
     return save_archive(load_model(spec, accept_license=accept_license or None), path, format="mlip-v2")
 
 
+def audit_or_record(spec, args, output, inputs, present, missing, kind="mace-ase", suffix="", compilation_cache=None):
+    """audit_model, or a record of why it could not run (the other models' results are kept)."""
+    try:
+        return audit_model(spec, args, output, inputs, present, missing, kind, suffix, compilation_cache)
+    except Exception as error:  # noqa: BLE001 - reported in the table, never lost
+        label = model_label(spec) + {"mace-ase": suffix, "mlip": "-mlip", "v2-zip": "-v2-mace"}[kind]
+        return {"label": label, "base": model_label(spec), "kind": kind, "spec": spec, "calculator": kind,
+                "wall_s": 0.0, "peak_rss_gb": None, "error": f"{type(error).__name__}: {error}", "overall_score": None,
+                "scores": {}, "rows": []}
+
+
 def audit_model(spec, args, output: Path, inputs: Path, present, missing, kind: str = "mace-ase",
                 suffix: str = "", compilation_cache: Path | None = None) -> dict:
     """One model through `mlipaudit benchmark`: kind "mace-ase" (model.py), "mlip" (mlip_peer.py)
@@ -647,14 +658,14 @@ def main(argv=None):
             cache = output / "jax-compilation-cache" / model_label(spec)
             shutil.rmtree(cache, ignore_errors=True)
             for suffix in ("-cold-cache", "-warm-cache"):
-                report["models"].append(audit_model(spec, args, output, inputs, present, missing, suffix=suffix,
+                report["models"].append(audit_or_record(spec, args, output, inputs, present, missing, suffix=suffix,
                                                     compilation_cache=cache))
         else:
-            report["models"].append(audit_model(spec, args, output, inputs, present, missing))
+            report["models"].append(audit_or_record(spec, args, output, inputs, present, missing))
         if args.peer_mlip:
-            report["models"].append(audit_model(spec, args, output, inputs, present, missing, kind="mlip"))
+            report["models"].append(audit_or_record(spec, args, output, inputs, present, missing, kind="mlip"))
         if args.v2_archive:
-            report["models"].append(audit_model(spec, args, output, inputs, present, missing, kind="v2-zip"))
+            report["models"].append(audit_or_record(spec, args, output, inputs, present, missing, kind="v2-zip"))
     report["load_after"] = load_average()
 
     report_md = args.report or output / "report.md"
