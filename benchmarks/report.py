@@ -296,6 +296,26 @@ def hessian_table(directory: Path) -> list[str]:
     return out + [""]
 
 
+def mlipaudit_table(directory: Path) -> list[str]:
+    """benchmarks/mlipaudit/run.py --report results/mlipaudit.md: one line per model run (the table is in mlipaudit.md)."""
+    path = directory / "mlipaudit.json"
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    out = ["## MLIPAudit (truncated offline input subsets: a smoke run of the pipeline, not a leaderboard entry)", "",
+           f"`python benchmarks/mlipaudit/run.py`, MLIPAudit {record['mlipaudit']}, {record['run_mode']} run mode, "
+           f"{record['started']} UTC, mace-ase {record['commit']}, load {record['load_before']} / {record['load_after']}; "
+           "every benchmark's status, score, key metric, model calls and compilations in [mlipaudit.md](mlipaudit.md).", "",
+           "| model | evaluated by | overall score | benchmarks ok | wall s | peak RSS GB |", "|---|---|---|---|---|---|"]
+    for model in record["models"]:
+        ok = sum(row["status"].startswith("ok") for row in model["rows"])
+        score = "–" if model.get("overall_score") is None else f"{model['overall_score']:.3f}"
+        rss = "–" if model.get("peak_rss_gb") is None else f"{model['peak_rss_gb']:.1f}"
+        out.append(f"| {model['label']} | {model['calculator']} | {score} | {ok} of {len(model['rows'])} | "
+                   f"{model['wall_s']:.0f} | {rss} |")
+    return out + [""]
+
+
 def write(runs, directory: Path) -> None:
     final = runs[-1]
     m = final["machine"]
@@ -326,7 +346,7 @@ def write(runs, directory: Path) -> None:
         if run is None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
-    lines += neb_table(directory) + hessian_table(directory)
+    lines += neb_table(directory) + hessian_table(directory) + mlipaudit_table(directory)
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")
