@@ -298,14 +298,19 @@ def hessian_table(directory: Path) -> list[str]:
 
 def mlipaudit_table(directory: Path) -> list[str]:
     """benchmarks/mlipaudit/run.py --report results/mlipaudit.md: one line per model run (the table is in mlipaudit.md)."""
-    path = directory / "mlipaudit.json"
-    if not path.exists():
+    paths = [directory / name for name in ("mlipaudit.json", "mlipaudit_cache_v2.json") if (directory / name).exists()]
+    if not paths:
         return []
-    record = json.loads(path.read_text())
-    out = ["## MLIPAudit (truncated offline input subsets: a smoke run of the pipeline, not a leaderboard entry)", "",
-           f"`python benchmarks/mlipaudit/run.py`, MLIPAudit {record['mlipaudit']}, {record['run_mode']} run mode, "
+    out = ["## MLIPAudit (truncated offline input subsets: a smoke run of the pipeline, not a leaderboard entry)", ""]
+    for path in paths:
+        out += mlipaudit_lines(json.loads(path.read_text()), path.with_suffix(".md").name)
+    return out
+
+
+def mlipaudit_lines(record: dict, table: str) -> list[str]:
+    out = [f"`python benchmarks/mlipaudit/run.py`, MLIPAudit {record['mlipaudit']}, {record['run_mode']} run mode, "
            f"{record['started']} UTC, mace-ase {record['commit']}, load {record['load_before']} / {record['load_after']}; "
-           "every benchmark's status, score, key metric, model calls and compilations in [mlipaudit.md](mlipaudit.md).", "",
+           f"each benchmark's status, score, key metric, model calls and compilations in [{table}]({table}).", "",
            "| model | evaluated by | overall score | benchmarks ok | wall s | peak RSS GB |", "|---|---|---|---|---|---|"]
     for model in record["models"]:
         ok = sum(row["status"].startswith("ok") for row in model["rows"])
