@@ -384,7 +384,13 @@ def run_lammps(
                 # Each piece runs as file input (labels, loops and `jump SELF` work inside it).
                 piece = Path(tmp) / f"{script.stem}.part{k}.in"
                 piece.write_text(segment.text, encoding="utf-8")
-                lmp.file(str(piece))
+                try:
+                    lmp.file(str(piece))
+                except Exception as error:  # noqa: BLE001  (LAMMPS raises bare Exceptions)
+                    if type(error).__name__ == "MPIAbortException":  # an error on one rank: the others wait
+                        print(f"Error: LAMMPS: {error}", file=sys.stderr, flush=True)
+                        comm.Abort(1)
+                    raise wrapped_lammps_error(error) from None
                 if segment.bundle is not None:
                     run.attach(segment.bundle, f"{script}:{segment.line}")
         summaries = [d.stats.summary() for d in run.drivers]
