@@ -310,3 +310,20 @@ def test_address_must_be_host_port(setup):
     assert result.exit_code == 1 and "not HOST:PORT" in result.output
     result = CliRunner().invoke(main, ["ipi", "--structure", str(folder / "init.extxyz")])
     assert result.exit_code == 2 and "exactly one of --address HOST:PORT or --unix NAME" in result.output
+
+
+def test_pimd_example_is_an_ipi_input():
+    """examples/ipi: i-PI's own parser accepts input.xml; run.sh points the clients at its socket."""
+    require("ipi")
+    from ipi.inputs.simulation import InputSimulation
+    from ipi.utils.io.inputs import io_xml
+
+    folder = REPO / "examples" / "ipi"
+    with open(folder / "input.xml") as handle:
+        parsed = io_xml.xml_parse_file(handle)
+    simulation = InputSimulation()
+    simulation.parse(parsed.fields[0][1])
+    root = ET.parse(folder / "input.xml").getroot()
+    assert root.find(".//initialize").get("nbeads") == "4"
+    address = root.find(".//ffsocket/address").text.strip()
+    assert f"mace-ase ipi --unix {address} --structure init.extxyz" in (folder / "run.sh").read_text()

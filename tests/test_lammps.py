@@ -389,3 +389,31 @@ def test_more_atom_types_than_the_bundle_maps(bundle_path, tmp_path):
     code, out, err = mace_ase_lammps(tmp_path, "in.four", timeout=120)
     assert code == 1
     assert "the input has 4 atom types but the bundle" in err and "maps only 3 (H C O)" in err
+
+
+def test_lammps_example_names_its_bundle():
+    from mace_ase.lammps.driver import split_input
+
+    folder = REPO / "examples" / "lammps"
+    segments = split_input((folder / "in.water").read_text(), "in.water")
+    assert [s.bundle for s in segments if s.bundle] == ["water.json"]
+    assert "-o water.json" in (folder / "README.md").read_text()
+    assert "--elements H,O" in (folder / "README.md").read_text()
+    assert 'specorder=["H", "O"]' in (folder / "make_water.py").read_text()  # types 1 = H, 2 = O
+
+
+def test_input_is_cut_at_each_bundle():
+    from mace_ase.lammps.driver import LammpsInputError, split_input
+
+    text = ("units metal\npair_style jax/kk &\n    ${pjrt}\npair_coeff * * a.json  # water\nrun 10\n"
+            "clear\npair_style jax/kk x\npair_coeff * * ${model}\nrun 5\n")
+    segments = split_input(text)
+    assert [(s.bundle, s.line) for s in segments] == [("a.json", 4), ("${model}", 8), (None, 0)]
+    executed = "\n".join(line for s in segments for line in s.text.splitlines() if not line.startswith("#"))
+    assert "pair_style" not in executed and "pair_coeff" not in executed and executed.count("run") == 2
+    with pytest.raises(LammpsInputError, match="no `pair_style jax/kk`"):
+        split_input("units metal\npair_style lj/cut 2.5\npair_coeff * * 1 1\nrun 1\n")
+    with pytest.raises(LammpsInputError, match="hybrid"):
+        split_input("pair_style hybrid/overlay jax/kk x lj/cut 2.5\n")
+    with pytest.raises(LammpsInputError, match=r"expected `pair_coeff \* \* model.json`"):
+        split_input("pair_style jax/kk x\npair_coeff 1 1 a.json\n")

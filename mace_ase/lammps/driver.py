@@ -222,6 +222,7 @@ class Stats:
     ghosts: list = field(default_factory=list)
     edges: list = field(default_factory=list)
     seconds: dict = field(default_factory=lambda: {"pairs": 0.0, "model": 0.0, "exchange": 0.0})
+    started: list = field(default_factory=list)  # wall clock at each force call: LAMMPS's whole step between two
 
     def summary(self) -> dict:
         mean = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
@@ -232,6 +233,7 @@ class Stats:
             "edges": mean(self.edges),
             "ghost_share": mean(self.ghosts) / max(mean(self.owned) + mean(self.ghosts), 1.0),
             "seconds_per_step": {k: v / max(self.steps, 1) for k, v in self.seconds.items()},
+            "step_seconds": np.diff(self.started).tolist(),
         }
 
 
@@ -253,6 +255,7 @@ class FixExternalDriver:
 
     def _step(self, nlocal: int, f) -> None:
         lmp, comm = self.lmp, self.comm
+        self.stats.started.append(time.perf_counter())
         error, energy, forces = None, 0.0, None
         try:
             start = time.perf_counter()
