@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import re
+import resource
 import shlex
 import sys
 import tempfile
@@ -234,6 +235,7 @@ class Stats:
             "ghost_share": mean(self.ghosts) / max(mean(self.owned) + mean(self.ghosts), 1.0),
             "seconds_per_step": {k: v / max(self.steps, 1) for k, v in self.seconds.items()},
             "step_seconds": np.diff(self.started).tolist(),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux: kB
         }
 
 
