@@ -13,6 +13,7 @@ restarted from its checkpoint) it waits for the server to come back.
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import time
@@ -64,14 +65,26 @@ def _client_class():
             self.exit_received = False
             self.evaluations = 0
             protocol, recvmsg, recvposdata = self.protocol, self.protocol.recvmsg, self.protocol.recvposdata
+            read_ahead: list[str] = []
 
             def watched_recvmsg():
                 try:
-                    message = recvmsg()
+                    message = read_ahead.pop(0) if read_ahead else recvmsg()
                 except (SocketClosed, ConnectionError):
                     raise SocketClosed from None
                 self.exit_received |= message == "EXIT"
                 return message
+
+            def take_pipelined_requests():
+                # i-PI sends GETFORCE right behind POSDATA. Left unread while we compute, it makes a
+                # client killed meanwhile reset the connection instead of closing it, and i-PI 3.3's
+                # polling thread dies on that reset (the run hangs). Read now, a killed client is
+                # an ordinary disconnection, which i-PI reports and recovers from.
+                while select.select([protocol.socket], [], [], 0)[0]:
+                    head = protocol.socket.recv(12, socket.MSG_PEEK)
+                    if len(head) < 12 or head.rstrip() not in (b"GETFORCE", b"STATUS"):
+                        return
+                    read_ahead.append(recvmsg())
 
             def checked_recvposdata():
                 cell, icell, positions = recvposdata()
@@ -81,6 +94,7 @@ def _client_class():
                         "give the client the system i-PI runs (--structure)"
                     )
                 self.evaluations += 1
+                take_pipelined_requests()
                 return cell, icell, positions
 
             protocol.recvmsg, protocol.recvposdata = watched_recvmsg, checked_recvposdata
@@ -122,6 +136,7 @@ def serve(atoms, calc, *, host: str = "localhost", port: int | None = None, unix
     where = describe(host, port, unixsocket)
     use_stress = bool(np.all(atoms.pbc))
     evaluations = 0
+    report(f"ready; connecting to i-PI at {where} (waiting up to {wait:g} s)")
     client = connect(host, port, unixsocket, natoms=len(atoms), wait=wait, log=log)
     report(f"connected to i-PI at {where}")
     while True:

@@ -190,7 +190,11 @@ def test_nve_water_one_client(setup, jax_cache):
 
 
 def test_pimd_two_clients_one_killed(setup, jax_cache):
-    """4 beads, 2 clients; one is killed mid-run: i-PI reports it, the other finishes the run."""
+    """4 beads, 2 clients; one is killed (SIGKILL) mid-run: i-PI reports it, the other finishes the run.
+
+    The victim is almost always killed while computing. Before the client read i-PI's pipelined
+    GETFORCE ahead of computing, that kill reset the connection and i-PI 3.3.1's polling thread
+    died on ConnectionResetError: the run hung (this test failed on that code)."""
     folder, atoms = setup
     run = folder / "pimd"
     run.mkdir()
@@ -199,10 +203,15 @@ def test_pimd_two_clients_one_killed(setup, jax_cache):
     name, steps, beads = f"mace-test-{uuid.uuid4().hex[:8]}", 12, 4
     (run / "input.xml").write_text(INPUT.format(steps=steps, socket=name, beads=beads, mode="nvt", thermostat=PILE))
     with Processes(run, jax_cache) as processes:
-        server = processes.start(i_pi_command(run), "i-pi.log")
+        # Both clients ready before i-PI starts, so that both serve beads from the first step.
         survivor = processes.start(client_command(run, name), "client-a.log")
         victim = processes.start(client_command(run, name), "client-b.log")
         deadline = time.monotonic() + 120
+        while not all("connecting to i-PI" in (run / log).read_text() for log in ("client-a.log", "client-b.log")):
+            assert time.monotonic() < deadline, "the clients did not get ready"
+            assert survivor.poll() is None and victim.poll() is None, (run / "client-a.log").read_text()[-2000:]
+            time.sleep(0.1)
+        server = processes.start(i_pi_command(run), "i-pi.log")
         while not ((run / "sim.out").exists() and len(properties(run)) >= 4):
             assert time.monotonic() < deadline, "i-PI made no progress"
             assert server.poll() is None, (run / "i-pi.log").read_text()[-2000:]
