@@ -366,6 +366,30 @@ def test_type_list_with_element_the_model_lacks():
         export_bundle(model(), "H,O,Si", 64, 512)
 
 
+def test_bundle_keeps_a_non_commercial_licence(tmp_path, monkeypatch):
+    """An exported model is a derived model: the licence gate applies at export and again where the bundle loads."""
+    from mace_ase import weights
+    from mace_ase.errors import LicenseNotAcceptedError
+    from mace_ase.lammps import export_bundle, load_bundle
+
+    require("lammps_jax")
+    monkeypatch.setenv(weights.ENV_CONFIG_DIR, str(tmp_path / "config"))  # no acceptance recorded
+    monkeypatch.delenv(weights.ENV_ACCEPT, raising=False)
+    restricted = model()
+    restricted.metadata.update(name="nc-test-model", license="CC-BY-NC-4.0", commercial_use=False)
+    with pytest.raises(LicenseNotAcceptedError, match="nc-test-model"):
+        export_bundle(restricted, "H,C,O", 64, 512)
+    path = tmp_path / "nc.json"
+    licence = export_bundle(restricted, "H,C,O", 64, 512, path=path, accept_license=True)["mace_ase"]["model"]
+    assert licence["license"] == "CC-BY-NC-4.0" and licence["commercial_use"] is False
+    assert "nc-test-model" in licence["derived_from"]
+    with pytest.raises(LicenseNotAcceptedError, match="CC-BY-NC-4.0"):
+        load_bundle(path)
+    assert load_bundle(path, accept_license=True).metadata["license"] == "CC-BY-NC-4.0"
+    monkeypatch.setenv(weights.ENV_ACCEPT, "nc-test-model")  # accepting the source covers what is derived from it
+    assert load_bundle(path).metadata["commercial_use"] is False
+
+
 def test_rank_over_capacity_is_named_with_the_size_needed(bundle_path, tmp_path):
     """A box too big for the bundle's capacity stops the run on both ranks with the size to export."""
     sys.path.insert(0, str(REPO))

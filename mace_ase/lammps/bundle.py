@@ -102,7 +102,7 @@ def energy_function(model, elements: Sequence[int], dtype=np.float64):
     import jax
     import jax.numpy as jnp
 
-    from ..model import Graph, node_energies
+    from ..model.mace import DEFAULT_MESSAGE_CHUNK_BYTES, Graph, node_energies
 
     config = model.config
     species_of_type = type_species(elements, config.atomic_numbers)
@@ -124,7 +124,8 @@ def energy_function(model, elements: Sequence[int], dtype=np.float64):
             edge_mask=mask,
         )
         # Parameters become constants of the exported program.
-        return node_energies(jax.tree.map(jnp.asarray, params), config, mace_graph)
+        return node_energies(jax.tree.map(jnp.asarray, params), config, mace_graph,
+                             message_chunk_bytes=DEFAULT_MESSAGE_CHUNK_BYTES)
 
     return energies
 
@@ -153,7 +154,7 @@ def export_bundle(
     import jax
 
     from ..fileio import atomic_write
-    from ..weights import load_model
+    from ..weights import derived_metadata, load_model
 
     export = require("lammps_jax.export")
     if str(dtype) not in DTYPES:
@@ -177,8 +178,9 @@ def export_bundle(
             n_species=len(numbers),
             platform=platform,
         )
-    metadata = {key: model.metadata[key] for key in ("name", "license", "commercial_use", "license_summary", "source")
-                if key in model.metadata}
+    # An exported model is a derived model: it keeps a restricted source licence (weights.derived_metadata).
+    metadata = {key: model.metadata[key] for key in ("name", "source") if key in model.metadata}
+    metadata.update(derived_metadata(model))
     bundle[BUNDLE_KEY] = {
         "elements": list(numbers),
         "num_layers": config.num_layers,
@@ -338,11 +340,15 @@ def load_bundle(bundle: str | os.PathLike | dict, *, accept_license: bool | None
     if not isinstance(data, dict):
         raise BundleError(f"{name} is not a JSON bundle")
     loaded = LammpsBundle(data, name=name, pjrt=pjrt)
-    restricted = weights._entry_from_metadata(loaded.metadata, where)  # noqa: SLF001 (the package's own gate)
-    if restricted is not None:
-        weights._license_gate(restricted, accept_license)  # noqa: SLF001
-        weights._announce(restricted)  # noqa: SLF001
+    weights.gate(_ExportedModel(dict(loaded.metadata)), accept_license=accept_license)
     return loaded
+
+
+class _ExportedModel:
+    """The bundle's model at the licence gate, which reads only a model's metadata."""
+
+    def __init__(self, metadata: dict):
+        self.metadata = metadata
 
 
 def rank_pairs(positions: np.ndarray, nlocal: int, cutoff: float, n_hops: int) -> tuple[np.ndarray, np.ndarray]:
