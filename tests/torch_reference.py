@@ -4,9 +4,10 @@ Used by the live tests (tests/test_torch_live.py) and by tests/data/make_torch_g
 importing this module needs torch and mace-torch (the test extra).
 
 Each model is built by mace-torch 0.3.16 itself (``mace.modules``), with its random
-initialisation, then every product-basis weight is multiplied by PRODUCT_GAIN so that the
-second and third correlation orders change the energy by far more than the tolerances
-(mace-torch initialises them at ~1/K, where they hardly matter). Models are built in float64
+initialisation, then the product-basis weights of correlation order nu are multiplied by
+PRODUCT_GAIN[nu], so that the second and third orders change the forces by percents, far
+more than the tolerances (mace-torch initialises them at ~1/K, where the third order moves
+forces by ~1e-4 relative on these small models). Models are built in float64
 (torch's default dtype switched for the build only) and evaluated by
 ``mace.calculators.MACECalculator(default_dtype="float64")`` with torch's global default back at
 float32, as in a fresh process that loads a saved model: mace-torch's float32-rounded ZBL
@@ -25,7 +26,7 @@ from ase.build import molecule
 from e3nn import o3
 from mace import modules
 
-PRODUCT_GAIN = 6.0
+PRODUCT_GAIN = {1: 6.0, 2: 40.0, 3: 500.0}
 
 # name -> mace-torch constructor arguments (on top of COMMON) and the elements
 FAMILIES = {
@@ -104,9 +105,10 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
         with torch.no_grad():
             for product in model.products:
                 for contraction in product.symmetric_contractions.contractions:
-                    contraction.weights_max.mul_(PRODUCT_GAIN)
-                    for w in contraction.weights:
-                        w.mul_(PRODUCT_GAIN)
+                    correlation = contraction.correlation
+                    contraction.weights_max.mul_(PRODUCT_GAIN[correlation])
+                    for k, w in enumerate(contraction.weights):  # orders correlation-1, ..., 1
+                        w.mul_(PRODUCT_GAIN[correlation - 1 - k])
     return model.eval()
 
 
@@ -156,7 +158,7 @@ def evaluate(model: torch.nn.Module, atoms_list, head: str | None = None, dtype:
         atoms = atoms.copy()
         atoms.calc = calc
         result = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
-                  "energies": np.asarray(calc.results["node_energy"], float)}
+                  "energies": np.asarray(calc.results["energies"], float)}  # E0 included
         if atoms.pbc.all():
             result["stress"] = atoms.get_stress(voigt=False)
         out.append(result)
