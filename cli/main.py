@@ -102,12 +102,13 @@ def main(debug: bool) -> None:
 
 
 def _register() -> None:
+    from .convert import convert
     from .evaluate import evaluate
     from .md import md
     from .models import fetch, info
     from .relax import relax
 
-    for command in (relax, md, evaluate, fetch, info):
+    for command in (relax, md, evaluate, fetch, info, convert):
         main.add_command(command)
 
 

@@ -62,6 +62,7 @@ class MaceCalculator(Calculator):
     model: None (the bundled default), a registered name, an archive path, or a MaceModel.
     dtype: "float32" (fast, MD) or "float64" (finite differences, phonons, tight relaxations).
     accept_license: passed to ``mace_ase.weights.load_model`` for licence-gated weights.
+    head: which head of a multi-head model (mace-torch files); None: the first that is not 'pt_head'.
     skin: Verlet skin in Å; the list is rebuilt when an atom moved more than skin / 2. 0 disables.
     min_distance: two atoms closer than this (Å) are refused as overlapping.
     compilation_cache: a directory for JAX's persistent compilation cache (None: leave JAX's setting).
@@ -79,6 +80,7 @@ class MaceCalculator(Calculator):
         skin: float = 0.5,
         min_distance: float = MIN_DISTANCE,
         compilation_cache: str | os.PathLike | None = None,
+        head: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,7 +89,7 @@ class MaceCalculator(Calculator):
         self.dtype = DTYPES[str(dtype)]
         if compilation_cache is not None:
             jax.config.update("jax_compilation_cache_dir", os.fspath(compilation_cache))
-        self.model = load_model(model, accept_license=accept_license)
+        self.model = load_model(model, accept_license=accept_license, head=head)
         self.config = self.model.config
         # The per-atom constants E0[Z] + scaling_mean (often ~1e3 eV) are added on the host in
         # float64: summed in float32 on the device they would cost ~1e-3 eV of total-energy precision.

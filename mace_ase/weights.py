@@ -103,6 +103,7 @@ def load_model(
     accept_license: bool | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    head: str | None = None,
 ) -> "MaceModel":
     """Resolve `spec` into a loaded model.
 
@@ -115,6 +116,7 @@ def load_model(
         overrides the registry's pin.
     local_files_only: never use the network, only the Hugging Face cache. None: True when
         ``HF_HUB_OFFLINE`` is set.
+    head: one head of a multi-head model (mace-torch files); None: the first that is not 'pt_head'.
     """
     from .archive import MaceModel
 
@@ -123,20 +125,20 @@ def load_model(
     if spec is None:
         spec = DEFAULT_MODEL
     if isinstance(spec, str) and spec in REGISTRY:
-        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only)
+        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only, head)
     if isinstance(spec, (str, os.PathLike)):
-        return _load_path(Path(spec), accept_license)
+        return _load_path(Path(spec), accept_license, head)
     raise TypeError(f"model must be None, a name, a path or a MaceModel, not {type(spec).__name__}")
 
 
-def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only) -> "MaceModel":
+def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only, head=None) -> "MaceModel":
     _license_gate(entry, accept)  # before downloading a model the user may not be allowed to use
     if entry.bundled:
         path = _bundled_file(entry)
-        model = _read(path)
+        model = _read(path, head)
     else:
         path = fetch_model(entry.name, revision=revision, local_files_only=local_files_only)
-        model = _read_cached(path, entry)
+        model = _read_cached(path, entry, head)
     # The archive's own licence metadata may be stricter than the registry's.
     stricter = _entry_from_metadata(model.metadata, path, default_name=entry.name)
     if stricter is not None and stricter.license != entry.license:
@@ -149,10 +151,10 @@ def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_fil
     return model
 
 
-def _load_path(path: Path, accept: bool | None) -> "MaceModel":
+def _load_path(path: Path, accept: bool | None, head=None) -> "MaceModel":
     if not path.exists():
         raise ModelNotFoundError(_not_found_message(path))
-    model = _read(path)
+    model = _read(path, head)
     known = _entry_for_file(path)
     if known is not None and not known.commercial_use:
         restricted = known  # e.g. a downloaded mace_organics_01.zip passed as a path
@@ -168,16 +170,16 @@ def _load_path(path: Path, accept: bool | None) -> "MaceModel":
     return model
 
 
-def _read(path: Path) -> "MaceModel":
+def _read(path: Path, head: str | None = None) -> "MaceModel":
     from .archive import load_archive
 
-    return load_archive(path)
+    return load_archive(path, head=head)
 
 
-def _read_cached(path: Path, entry: ModelEntry) -> "MaceModel":
+def _read_cached(path: Path, entry: ModelEntry, head: str | None = None) -> "MaceModel":
     """Load a file from the Hugging Face cache; a damaged copy says how to replace it."""
     try:
-        return _read(path)
+        return _read(path, head)
     except ArchiveError as error:
         command = f"hf download {entry.repo_id} {entry.filename} --force-download"
         raise ArchiveError(
