@@ -33,7 +33,6 @@ How the numbers map (all checked by the parity tests against mace-torch itself):
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 from pathlib import Path
@@ -614,15 +613,9 @@ def convert(m: TorchModel, head: str | None = None, product_basis: str = "auto")
     return fields, params, metadata
 
 
-def _symmetrise(u: np.ndarray, order: int) -> np.ndarray:
-    """Average over permutations of the first `order` axes (the contraction only sees this part)."""
-    rest = tuple(range(order, u.ndim))
-    perms = list(itertools.permutations(range(order)))
-    return sum(np.transpose(u, p + rest) for p in perms) / len(perms)
-
-
 def _product_weights(m: TorchModel, layer: int, probe, outs, species_axis, mode: str):
     """{'w{nu}_{ir}': [S, K, C]} (and 'u{nu}_{ir}' for a stored basis) of one layer, and the basis used."""
+    from ..model.basis import basis_map, map_weights
     from ..model.mace import product_basis
 
     st = m.array
@@ -643,28 +636,17 @@ def _product_weights(m: TorchModel, layer: int, probe, outs, species_axis, mode:
     for symmetric in (True, False):
         config = probe.replace(symmetric_tensor_product_basis=symmetric)
         for nu in range(1, corr + 1):
-            basis = {(_model_irreps(ir)): u for ir, _, u in product_basis(config, nu, keep)}
+            basis = {_model_irreps(ir): u for ir, _, u in product_basis(config, nu, keep)}
             for (n, ir), u_file in file_u.items():
                 if n != nu:
                     continue
-                zero = not np.any(u_file)
                 if ir not in basis:
-                    if not zero:
+                    if np.any(u_file):
                         _refuse(m, f"layer {layer}: product basis for {_irrep_str(ir)} at order {nu} has no e3nn-jax counterpart")
                     continue
-                target = _symmetrise(u_file, nu) if symmetric else u_file
-                source = _symmetrise(basis[ir], nu) if symmetric else basis[ir]
-                a = np.moveaxis(target, -2, -1).reshape(-1, target.shape[-2])  # [rows, K_file]
-                b = np.moveaxis(source, -2, -1).reshape(-1, source.shape[-2])  # [rows, K_jax]
-                M, *_ = np.linalg.lstsq(b, a, rcond=None)
-                if not symmetric:
-                    rounded = np.round(M)
-                    if np.all(np.abs(M - rounded) < 1e-6) and np.all(np.abs(rounded).sum(0) == 1):
-                        M = rounded  # a signed permutation: the weights are copied exactly
-                residual = float(np.abs(b @ M - a).max()) if a.size else 0.0
-                maps[(symmetric, nu, ir)] = (M, residual, u_file.shape[-2], source.shape[-2])
-                if residual > BASIS_EXACT_TOLERANCE:
-                    exact = False
+                M, residual = basis_map(u_file, basis[ir], nu, symmetric)
+                maps[(symmetric, nu, ir)] = M
+                exact = exact and residual <= BASIS_EXACT_TOLERANCE
                 if residual > 1e-6:
                     _refuse(m, f"layer {layer}: the product basis of {_irrep_str(ir)} at order {nu} is not spanned by "
                                f"e3nn-jax's (residual {residual:.1e}); was the model built with use_reduced_cg?")
@@ -673,17 +655,13 @@ def _product_weights(m: TorchModel, layer: int, probe, outs, species_axis, mode:
     weights = {}
     for (nu, ir), w in file_w.items():
         name = f"{nu}_{_irrep_str(ir)}"
+        if (False, nu, ir) not in maps:  # no such product in e3nn-jax's basis (and a zero one in the file)
+            continue
         if mode == "stored":
-            if not np.any(file_u[(nu, ir)]):
-                continue
             weights["w" + name] = w
             weights["u" + name] = file_u[(nu, ir)]
-            continue
-        key = (mode == "symmetric", nu, ir)
-        if key not in maps:
-            continue
-        M = maps[key][0]
-        weights["w" + name] = np.einsum("jk,skc->sjc", M, w)
+        else:
+            weights["w" + name] = map_weights(maps[(mode == "symmetric", nu, ir)], w)
     return weights, mode
 
 
