@@ -203,31 +203,46 @@ def test_hessian_matches_mace_torch(torch_density_calc, density_calc):
 # ------------------------------------------------------------------ fine-tuning
 
 
+@pytest.mark.x64
+def test_a_stored_basis_moves_onto_e3nn_jax_basis_with_the_same_numbers():
+    """without_stored_basis (what fine-tuning does to a float32-computed basis): same model, exact basis."""
+    from mace_ase.model.basis import without_stored_basis
+
+    atoms, data = golden_structures("off_l2")
+    stored = mace_torch.read(GOLDEN / "off_l2.model", product_basis="stored")
+    assert stored.config.stored_product_basis
+    config, params = without_stored_basis(stored.config, stored.params)
+    assert not config.stored_product_basis and config.symmetric_tensor_product_basis
+    assert not any("u" in key for layer in params["layers"] for key in layer["product"])
+    moved = dataclasses.replace(stored, config=config, params=params)
+    for model in (stored, moved):
+        results = MaceCalculator(model, dtype="float64").calculate_batch(atoms)
+        for k, result in enumerate(results):
+            assert result["energy"] == pytest.approx(float(data[f"Default/{k}/energy"]), rel=1e-12)
+            forces = data[f"Default/{k}/forces"]
+            np.testing.assert_allclose(result["forces"], forces, rtol=0, atol=1e-11 * np.abs(forces).max())
+
+
 def test_fine_tuning_starts_from_a_model_file(tmp_path):
-    """mace_ase.training with init_from a .model (the real SPICE model: a stored product basis)."""
+    """mace_ase.training with init_from a .model file (a small mace-torch model, H C N O)."""
     from mace_ase.training import TrainSettings, train
 
-    source = shared_file("models", "MACE_SPICE.model")
+    source = GOLDEN / "off_l1.model"
     base = load_archive(source)
     s = TrainSettings(
         train_file=str(shared_data("rmd17", "rmd17_aspirin_train_01.npz")), valid_fraction=0.2,
         max_train_frames=8, max_valid_frames=4, seed=0, init_from=str(source), batch_size=4,
         nodes_per_graph=24, edges_per_graph=420, epochs=1, swap_epoch=None, warmup_steps=1,
         init_learning_rate=1e-3, peak_learning_rate=1e-3, final_learning_rate=1e-3, transition_steps=1,
-        output_dir=str(tmp_path / "run"), model_name="spice-tuned", license="ASL (non-commercial)",
+        output_dir=str(tmp_path / "run"), model_name="off-tuned",
     )
     summary = train(s, log=lambda *_: None)
     tuned = load_archive(summary["archive"])
-    # Training moves a stored (float32-computed) basis onto e3nn-jax's exact symmetric one.
-    assert not tuned.config.stored_product_basis and tuned.config.symmetric_tensor_product_basis
-    assert tuned.config.replace(stored_product_basis=True, symmetric_tensor_product_basis=False) == base.config
-    assert detect(summary["archive"]) == "mace_ase"
+    assert detect(summary["archive"]) == "mace_ase"  # mace-torch physics: mace-ase's own format
+    assert tuned.config == base.config  # the architecture, constants and statistics of the file
     assert np.isfinite(summary["metrics"]["valid_forces_mae_meV_A"])
-    from mace_ase.model.basis import without_stored_basis
-
-    _, start = without_stored_basis(base.config, base.params)
     changed = [not np.array_equal(a, np.asarray(b, np.float32))
-               for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(start))]
+               for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(base.params))]
     assert sum(changed) > 0.9 * len(changed)
 
 
