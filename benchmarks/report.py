@@ -243,6 +243,10 @@ def targets_table(runs) -> list[str]:
     return out
 
 
+# Markdown sections that other scripts write beside results.json (benchmarks/mace_torch_import.py).
+EXTRA_SECTIONS = ("mace_torch_import.md",)
+
+
 def write(runs, directory: Path) -> None:
     final = runs[-1]
     m = final["machine"]
@@ -274,6 +278,9 @@ def write(runs, directory: Path) -> None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
+    for extra in EXTRA_SECTIONS:  # tables written by the other benchmark scripts, kept on re-render
+        if (directory / extra).exists():
+            lines += [(directory / extra).read_text().rstrip(), ""]
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")
 
