@@ -24,10 +24,11 @@ def convert(model_file, output, head, accept_license):
     """
     from mace_ase.archive import save_archive
     from mace_ase.formats import detect
-    from mace_ase.weights import load_model
+    from mace_ase.weights import derived_metadata, load_model
 
     source_format = detect(model_file)
     model = load_model(model_file, accept_license=accept_license, head=head)
+    model.metadata.update(derived_metadata(model))  # a restricted source licence is kept
     model.metadata.setdefault("converted_from_file", model_file.name)
     written = save_archive(model, output)
     config = model.config

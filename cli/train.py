@@ -6,7 +6,7 @@ fields), then from flags, then from repeated ``--set name=value``; later wins.
     mace-ase train --config weights/train-default.json
     mace-ase train --train-file data.xyz --energy-key energy_xtb --forces-key forces_xtb --epochs 100
     mace-ase train --config run.toml --resume            # continue after a crash or a budget stop
-    mace-ase train --init-from mace-ase-small-xtb.zip --train-file mine.xyz   # fine-tune
+    mace-ase train --init-from mace-ase-small-xtb --train-file mine.xyz       # fine-tune (a name or a file)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FLAGS = {
     "valid_fraction": (float, "Fraction of frames (or groups) held out for validation."),
     "group_key": (str, "Split whole groups by this info key, e.g. mol_name."),
     "seed": (int, "Seed of the split, the initial parameters and the shuffling."),
-    "init_from": (str, "Fine-tune this model archive (fixes the architecture and statistics)."),
+    "init_from": (str, "Fine-tune this model: a registered name or a model file (fixes the architecture and statistics)."),
     "num_channels": (int, "Channels."),
     "l_max": (int, "Highest spherical-harmonic degree."),
     "correlation": (int, "Correlation order."),
@@ -76,7 +76,9 @@ def _options(function):
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Any other option, e.g. --set warmup_steps=100 (JSON values).")
 @click.option("--resume", is_flag=True, help="Continue from output_dir/checkpoint.npz.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_command(config_file, assignments, resume, quiet, **flags):
+@click.option("--accept-license", is_flag=True,
+              help="Accept the licence of a non-commercial --init-from model for this run (the result keeps that licence).")
+def train_command(config_file, assignments, resume, quiet, accept_license, **flags):
     """Train (or fine-tune) a MACE model and export it as an archive."""
     from mace_ase.training import TrainSettings, train
 
@@ -94,7 +96,8 @@ def train_command(config_file, assignments, resume, quiet, **flags):
         raise click.UsageError(str(error)) from None
     if not settings.train_file:
         raise click.UsageError("no training data: give --train-file or train_file in --config")
-    summary = train(settings, resume=resume, progress=None if quiet else _progress(), log=click.echo)
+    summary = train(settings, resume=resume, progress=None if quiet else _progress(), log=click.echo,
+                    accept_license=True if accept_license else None)
     metrics = summary["metrics"]
     click.echo(
         f"wrote {summary['archive']} after {summary['epochs_completed']} epochs in {summary['wall_s']:.0f} s; "

@@ -38,7 +38,11 @@ def load_archive(path: str | os.PathLike, *, head: str | None = None) -> MaceMod
     """Read a model file of any supported format; `head` picks one head of a multi-head model."""
     from . import formats
 
-    return formats.read(path, head=head)
+    model = formats.read(path, head=head)
+    # The licence gate (mace_ase.weights.gate) recognises published files by name, also when
+    # a model read here is handed to MaceCalculator directly; the first name sticks through re-saves.
+    model.metadata.setdefault("source_file", Path(path).name)
+    return model
 
 
 def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:

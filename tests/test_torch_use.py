@@ -246,6 +246,40 @@ def test_fine_tuning_starts_from_a_model_file(tmp_path):
     assert sum(changed) > 0.9 * len(changed)
 
 
+# ------------------------------------------------------------------ licences
+
+
+@pytest.fixture
+def no_acceptance(tmp_path, monkeypatch):
+    monkeypatch.setenv("MACE_ASE_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("MACE_ASE_ACCEPT_LICENSE", raising=False)
+
+
+def test_a_published_asl_file_is_gated_and_its_conversion_keeps_the_licence(tmp_path, no_acceptance):
+    """A file under MACE-OFF23's published name (ASL) passes the one licence gate, however it is
+    loaded; `mace-ase convert` writes an archive that carries the licence and is gated again."""
+    from mace_ase.cli.main import main
+    from mace_ase.errors import LicenseNotAcceptedError
+
+    path = tmp_path / "MACE-OFF23_medium.model"
+    path.write_bytes((GOLDEN / "off_l1.model").read_bytes())
+    with pytest.raises(LicenseNotAcceptedError, match="ASL"):
+        load_model(path)
+    with pytest.raises(LicenseNotAcceptedError):
+        MaceCalculator(load_archive(path))  # read without the gate, then handed over
+    refused = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "no.zip")])
+    assert refused.exit_code != 0 and not (tmp_path / "no.zip").exists()
+
+    out = tmp_path / "off.zip"
+    result = CliRunner().invoke(main, ["convert", str(path), "-o", str(out), "--accept-license"])
+    assert result.exit_code == 0, result.output
+    converted = load_archive(out)
+    assert converted.metadata["commercial_use"] is False and "ASL" in converted.metadata["license"]
+    with pytest.raises(LicenseNotAcceptedError):
+        load_model(out)
+    assert load_model(out, accept_license=True).config == load_archive(path).config
+
+
 # ------------------------------------------------------------------ refusals
 
 

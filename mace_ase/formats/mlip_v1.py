@@ -55,11 +55,15 @@ def unexpressible(config) -> list[str]:
         "scaling_std",
         "radial_mlp_hidden",  # not an mlip hyper-parameter, but kept in mace_ase.json and read off the shapes
     }
-    return [
+    problems = [
         f"{name}={getattr(config, name)!r}"
         for name in config.to_dict()
-        if name not in mlip_fields and getattr(config, name) != getattr(defaults, name)
+        if name not in mlip_fields | {"radial_scale"} and getattr(config, name) != getattr(defaults, name)
     ]
+    if config.avg_r_min is None and config.radial_scale != 1.0:
+        # With avg_r_min the constant is kept in mace_ase.json (mlip recomputes it); without, mlip has none.
+        problems.append(f"radial_scale={config.radial_scale!r} without avg_r_min")
+    return problems
 
 
 # ---------------------------------------------------------------- storage keys
@@ -252,6 +256,15 @@ def config_from_mlip(hyperparams: dict):
 
 def config_to_mlip(config) -> dict:
     """MaceConfig -> the ``config`` and ``dataset_info`` sections mlip expects."""
+    if config.activation_scale is not None:
+        raise UnsupportedConfigError(
+            f"activation_scale={config.activation_scale!r} has no place in an mlip archive "
+            "(mlip always uses e3nn-jax's normalisation)"
+        )
+    if config.avg_r_min is None and config.radial_scale != 1.0:
+        raise UnsupportedConfigError(
+            f"radial_scale={config.radial_scale!r} without avg_r_min has no place in an mlip archive"
+        )
     return {
         "config": {
             "num_layers": config.num_layers,
@@ -381,6 +394,9 @@ def read(path: str | os.PathLike):
         )
     if hidden:
         config = config.replace(radial_mlp_hidden=hidden)
+    if stored.get("radial_scale") is not None:
+        # The constant this model was saved with (mlip recomputes it, in float32, on its XLA).
+        config = config.replace(radial_scale=float(stored["radial_scale"]))
     try:
         params = params_from_flat(config, flat)
     except (KeyError, ValueError) as error:
@@ -401,9 +417,14 @@ def write(model, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **params_to_flat(model.config, flip_edge_vector(model.config, model.params)))
     metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", CONFIG_KEY)}
+    stored = {}
     if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
         # Not an mlip hyper-parameter (mlip fixes 64,64,64): kept where mlip does not look.
-        metadata[CONFIG_KEY] = {"radial_mlp_hidden": list(model.config.radial_mlp_hidden)}
+        stored["radial_mlp_hidden"] = list(model.config.radial_mlp_hidden)
+    if model.config.avg_r_min is not None:
+        stored["radial_scale"] = model.config.radial_scale  # fixed once, see MaceConfig
+    if stored:
+        metadata[CONFIG_KEY] = stored
 
     def write_zip(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -10,6 +10,7 @@ scaling) live here too, so that a config plus a params pytree is a whole model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedConfigError  # re-exported by mace_ase.model
@@ -20,6 +21,9 @@ MESSAGE_NORMALIZATIONS = ("avg_num_neighbors", "density")
 # name -> number of parameters
 DISTANCE_TRANSFORMS = {"agnesi": 3, "soft": 1}
 PAIR_REPULSIONS = {"zbl": 7}
+
+
+_RADIAL_SCALE_INPUTS = {"num_bessel", "cutoff", "radial_envelope", "avg_r_min"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,6 @@ class MaceConfig:
     symmetric_tensor_product_basis: bool = False
     radial_mlp_hidden: tuple[int, ...] = (64, 64, 64)
     # Further physics (mace-torch's model family). The defaults are mlip v1's MACE.
-    activation_scale: float | None = None  # the activation's normalisation constant; None: e3nn-jax's
     bessel_frequencies: tuple[float, ...] | None = None  # 1/Å, one per Bessel function; None: n pi / cutoff
     bessel_prefactor: float | None = None  # None: sqrt(2 / cutoff)
     envelope_p: int = 5  # exponent of the polynomial envelope
@@ -61,6 +64,15 @@ class MaceConfig:
     avg_r_min: float | None = None
     scaling_mean: float = 0.0
     scaling_std: float = 1.0
+    # Model constants, fixed once in float64 and cast at use (never recomputed in a run's dtype).
+    # radial_scale multiplies the radial basis: 1/RMS of the basis on [avg_r_min, cutoff] (mlip's
+    # definition), filled in from avg_r_min when a config is made and stored in archives, so a
+    # saved model evaluates identically on every JAX version; 1.0 without avg_r_min.
+    radial_scale: float | None = None
+    # activation_scale multiplies the non-linearity; None: e3nn-jax's second-moment
+    # normalisation of `activation`, computed in float64 (mlip's definition). A model may carry
+    # its own (mace-torch's: e3nn-torch's Monte-Carlo estimate, 0.16 % off for silu).
+    activation_scale: float | None = None
     # Free-form provenance that must not affect the numbers (kept out of hash).
     extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -75,12 +87,22 @@ class MaceConfig:
         for name in ("distance_transform_params", "pair_repulsion_params"):
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
         validate(self)
+        if self.radial_scale is None:
+            from .radial import embedding_scale
+
+            scale = embedding_scale(self.num_bessel, self.cutoff, self.radial_envelope, self.avg_r_min)
+            object.__setattr__(self, "radial_scale", scale)
+        object.__setattr__(self, "radial_scale", float(self.radial_scale))
+        if self.activation_scale is not None:
+            object.__setattr__(self, "activation_scale", float(self.activation_scale))
 
     @property
     def num_species(self) -> int:
         return len(self.atomic_numbers)
 
     def replace(self, **changes) -> "MaceConfig":
+        if "radial_scale" not in changes and _RADIAL_SCALE_INPUTS & set(changes):
+            changes["radial_scale"] = None  # derived from these: recomputed, never stale
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -140,8 +162,10 @@ def validate(config: MaceConfig) -> None:
         refuse("avg_num_neighbors", config.avg_num_neighbors, "must be positive")
     if config.avg_r_min is not None and not 0 <= config.avg_r_min < config.cutoff:
         refuse("avg_r_min", config.avg_r_min, "must lie in [0, cutoff)")
-    if config.activation_scale is not None and not config.activation_scale > 0:
-        refuse("activation_scale", config.activation_scale, "must be positive")
+    for name in ("radial_scale", "activation_scale"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            refuse(name, value, "must be a positive finite number")
     if config.bessel_frequencies is not None and len(config.bessel_frequencies) != config.num_bessel:
         refuse("bessel_frequencies", config.bessel_frequencies, f"need one per Bessel function ({config.num_bessel})")
     if config.bessel_prefactor is not None and not config.bessel_prefactor > 0:

@@ -24,15 +24,16 @@ def write_metrics(path, rows: list[dict]) -> None:
 
 
 def plot_metrics(rows: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: pyplot and the user's backend (a notebook's) stay untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [r["train_loss"] for r in rows], label="train loss")
     axes[0].set_ylabel("weighted loss")
     axes[1].plot(epochs, [r["valid_energy_per_atom_mae_meV"] for r in rows], label="MAE")
@@ -50,7 +51,6 @@ def plot_metrics(rows: list[dict], path) -> None:
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     import os
 
     os.replace(tmp, path)

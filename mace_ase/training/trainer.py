@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..archive import MaceModel, load_archive, save_archive
+from ..archive import MaceModel, save_archive
 from ..model import MaceConfig, init_params
 from ..model.basis import without_stored_basis
-from ..model.mace import message_chunk_bytes
+from ..weights import derived_metadata, load_model
 from . import data as data_module
 from .batching import BatchShape, iterate_batches
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -56,6 +56,7 @@ class Prepared:
     valid: tuple
     shape: BatchShape
     init_params: dict
+    licence: dict = field(default_factory=dict)  # licence fields of the export (a fine-tune keeps its source's)
 
 
 def load_data(s: TrainSettings):
@@ -104,11 +105,15 @@ def _targets(frames, config: MaceConfig):
     return structures, energies, forces
 
 
-def prepare(s: TrainSettings) -> Prepared:
+def prepare(s: TrainSettings, accept_license: bool | None = None) -> Prepared:
+    base, licence = None, {"license": s.license or "MIT"}
+    if s.init_from:
+        # A registered name or a file, through the licence gate; a relabelled licence is refused before any work.
+        base = load_model(s.init_from, accept_license=accept_license)
+        licence = derived_metadata(base, s.license)
     train, valid, isolated, elements = load_data(s)
     dtype = np.dtype(s.dtype)
-    if s.init_from:
-        base = load_archive(s.init_from)
+    if base is not None:
         # A basis stored with the weights (float32-computed, from mace-torch) is not trained: move to the exact one.
         config, params = without_stored_basis(base.config, base.params)
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
@@ -120,7 +125,7 @@ def prepare(s: TrainSettings) -> Prepared:
     shape.fits(train_data[0])
     shape.fits(valid_data[0])
     train_config = config.replace(atomic_energies=(0.0,) * config.num_species)
-    return Prepared(config, train_config, train_data, valid_data, shape, params)
+    return Prepared(config, train_config, train_data, valid_data, shape, params, licence)
 
 
 class Steps:
@@ -162,25 +167,9 @@ def evaluate(steps: Steps, params, data, shape: BatchShape, dtype) -> dict:
     return metrics_from_sums(totals)
 
 
-def _unchunked_messages(fn):
-    """Run `fn` with unchunked message passing, then restore the setting.
-
-    A force loss differentiates the model twice, and the chunk scan's own backward pass would
-    keep per-chunk state: chunking is for inference. Restoring it keeps a MaceCalculator used
-    later in the same process on its chunked, memory-bounded message passing.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with message_chunk_bytes(None):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-@_unchunked_messages
 def evaluate_model(model, frames, shape: BatchShape | None = None, dtype=np.float32) -> dict:
     """MAE/RMSE of a MaceModel (e.g. a loaded archive) on labelled frames, in fixed-shape batches."""
+    model = load_model(model)  # the licence gate
     config = model.config
     structures, energies, forces = _targets(frames, config)
     if shape is None:
@@ -198,7 +187,7 @@ def evaluate_model(model, frames, shape: BatchShape | None = None, dtype=np.floa
 def export_model(config: MaceConfig, params, path, s: TrainSettings, extra: dict | None = None) -> Path:
     metadata = {
         "name": s.model_name,
-        "license": s.license,
+        "license": s.license or "MIT",
         "training": {k: (Path(v).name if k.endswith(("_file", "_from")) and v else v)
                      for k, v in s.to_dict().items() if k not in ("output_dir", "export_path")},
         **(extra or {}),
@@ -207,17 +196,18 @@ def export_model(config: MaceConfig, params, path, s: TrainSettings, extra: dict
     return save_archive(MaceModel(config, params, metadata), path)
 
 
-@_unchunked_messages
-def train(s: TrainSettings, resume: bool = False, progress: Callable | None = None, log: Callable = print) -> dict:
+def train(s: TrainSettings, resume: bool = False, progress: Callable | None = None, log: Callable = print,
+          accept_license: bool | None = None) -> dict:
     """Run (or resume) the training; returns a summary with the archive path and final metrics.
 
     `progress(epoch, batch_index, num_batches, loss)` is called after every step.
+    `accept_license`: accepts the licence of a restricted `init_from` model (as in load_model).
     """
     start = time.perf_counter()
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(s.dtype)
-    prep = prepare(s)
+    prep = prepare(s, accept_license)
     opt = optimizer_settings(s)
     optimizer = make_optimizer(opt)
     weights = LossWeights(s.energy_weight, s.forces_weight, s.swap_epoch, s.energy_weight_after, s.forces_weight_after)
@@ -299,7 +289,8 @@ def train(s: TrainSettings, resume: bool = False, progress: Callable | None = No
     final = steps.ema_params(ema) if int(ema.count) > 0 else params  # no step taken: the initial parameters
     archive = export_model(
         prep.config, final, Path(s.export_path) if s.export_path else out / s.archive_name, s,
-        {"validation": {k: v for k, v in last.items() if k.startswith("valid_")}, "epochs_trained": last.get("epoch", -1) + 1},
+        {**prep.licence, "validation": {k: v for k, v in last.items() if k.startswith("valid_")},
+         "epochs_trained": last.get("epoch", -1) + 1},
     )
     return {
         "archive": str(archive),
