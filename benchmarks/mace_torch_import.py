@@ -134,12 +134,27 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def render(runs: list[dict]) -> list[str]:
+    """Markdown: one table per run, newest first, with its date, machine, load and note."""
+    lines = ["## Imported mace-torch model: mace-ase against mace-torch on the same `.model` file", "",
+             "`python benchmarks/mace_torch_import.py`: MACE-OFF23-medium architecture (128x0e+128x1o, max_ell 3, "
+             "correlation 3, 2 layers), random weights, 2 threads each; energy + forces per call; per case the median "
+             "over alternating runs of each one's median. Raw numbers in `mace_torch_import.json`.", ""]
+    for record in reversed(runs):
+        loads = [r["loadavg_1min"] for r in record["rows"] if "loadavg_1min" in r]
+        lines += [f"Run of {record['date']}, {record['machine']['cpu']}, 1-min load average {min(loads):.1f}–{max(loads):.1f}"
+                  + (f". {record['note']}." if record.get("note") else ".") , ""] + table(record["rows"]) + [""]
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", default="aspirin,cluster,water")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two implementations per case")
     parser.add_argument("--memory-cap", type=float, default=16.0)
+    parser.add_argument("--note", default="", help="a remark stored with this run (what else ran, which version)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the Markdown from the JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -149,7 +164,11 @@ def main(argv=None):
 
     output = RESULTS / "mace_torch_import.json"
     runs = json.loads(output.read_text()) if output.exists() else []
-    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": run.machine(), "rows": []}
+    if args.render:
+        (RESULTS / "mace_torch_import.md").write_text("\n".join(render(runs)))
+        return
+    record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": run.machine(), "note": args.note,
+              "rows": []}
     runs.append(record)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "off23_medium_like.model")
@@ -163,19 +182,8 @@ def main(argv=None):
                         record["rows"].append(row)
                         print(json.dumps(row), flush=True)
                         output.write_text(json.dumps(runs, indent=1))
-    m = record["machine"]
-    lines = [
-        "## Imported mace-torch model: mace-ase against mace-torch on the same `.model` file",
-        "",
-        f"`python benchmarks/mace_torch_import.py`, {record['date']}, {m['cpu']}, {m['threads']} threads each; "
-        f"MACE-OFF23-medium architecture (128x0e+128x1o, max_ell 3, correlation 3, 2 layers, "
-        f"{record['model'].get('parameters', '?')} parameters), random weights. Energy + forces per call; medians over "
-        f"{args.rounds} alternating runs; 1-min load average {min(r['loadavg_1min'] for r in record['rows']):.1f}–"
-        f"{max(r['loadavg_1min'] for r in record['rows']):.1f}. Raw numbers in `mace_torch_import.json`.",
-        "",
-    ] + table(record["rows"]) + [""]
-    (RESULTS / "mace_torch_import.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    (RESULTS / "mace_torch_import.md").write_text("\n".join(render(runs)))
+    print("\n".join(render(runs[-1:])))
     import report  # results/README.md again, now with this table
 
     report.write(json.loads((RESULTS / "results.json").read_text()), RESULTS)
