@@ -9,14 +9,14 @@ from pathlib import Path
 
 import ase
 import ase.io
-from ase.stress import full_3x3_to_voigt_6_stress
 import jax
 import numpy as np
 import pytest
+from ase.stress import full_3x3_to_voigt_6_stress
 from click.testing import CliRunner
 from conftest import require, shared_data, shared_file
 
-from mace_ase.archive import load_archive, save_archive
+from mace_ase.archive import load_archive
 from mace_ase.calculator import MaceCalculator
 from mace_ase.errors import ArchiveError, UnsupportedConfigError
 from mace_ase.formats import detect, mace_torch
