@@ -371,6 +371,12 @@ def mlipaudit_lines(record: dict, table: str) -> list[str]:
     return out + [""]
 
 
+def torch_import_table(directory: Path) -> list[str]:
+    """benchmarks/mace_torch_import.py writes its own Markdown table (latest run) beside its JSON."""
+    path = directory / "mace_torch_import.md"
+    return [path.read_text().rstrip(), ""] if path.exists() else []
+
+
 def write(runs, directory: Path) -> None:
     final = runs[-1]
     m = final["machine"]
@@ -401,7 +407,7 @@ def write(runs, directory: Path) -> None:
         if run is None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
-    lines += neb_table(directory) + hessian_table(directory) + mlipaudit_table(directory)
+    lines += neb_table(directory) + hessian_table(directory) + torch_import_table(directory) + mlipaudit_table(directory)
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
     lines += md_engines_table(directory)
     (directory / "README.md").write_text("\n".join(lines))

@@ -31,7 +31,7 @@ def model_options(command):
     options = [
         click.option(
             "--model", "-m", default=None, metavar="NAME|PATH",
-            help="A registered model name or a model archive (.zip). Default: the bundled model.",
+            help="A registered model name or a model file (.zip archive, mace-torch .model). Default: the bundled model.",
         ),
         click.option(
             "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,

@@ -104,6 +104,7 @@ def main(debug: bool) -> None:
 
 
 def _register() -> None:
+    from .convert import convert
     from .evaluate import evaluate
     from .export_lammps import export_lammps
     from .ipi import ipi
@@ -112,7 +113,7 @@ def _register() -> None:
     from .models import fetch, info
     from .relax import relax
 
-    for command in (relax, md, evaluate, fetch, info, export_lammps, lammps_command, ipi):
+    for command in (relax, md, evaluate, fetch, info, convert, export_lammps, lammps_command, ipi):
         main.add_command(command)
 
 

@@ -111,6 +111,7 @@ class MaceCalculator(Calculator):
     model: None (the bundled default), a registered name, an archive path, or a MaceModel.
     dtype: "float32" (fast, MD) or "float64" (finite differences, phonons, tight relaxations).
     accept_license: passed to ``mace_ase.weights.load_model`` for licence-gated weights.
+    head: which head of a multi-head model (mace-torch files); None: the first that is not 'pt_head'.
     skin: Verlet skin in Å; the list is rebuilt when an atom moved more than skin / 2. 0 disables.
     min_distance: two atoms closer than this (Å) are refused as overlapping.
     compilation_cache: JAX's persistent compilation cache, process-wide (``mace_ase.compilation_cache``):
@@ -144,6 +145,7 @@ class MaceCalculator(Calculator):
         result_cache: int = 16,
         hessian_block: int = 1,
         batch_atoms: int = 2048,
+        head: str | None = None,
         atoms=None,
         directory: str | os.PathLike = ".",
         label: str | None = None,
@@ -165,7 +167,7 @@ class MaceCalculator(Calculator):
         super().__init__(atoms=atoms, directory=directory, label=label)
         self.dtype = DTYPES[str(dtype)]
         self.compilation_cache = _compilation_cache.enable(compilation_cache)
-        self.model = load_model(model, accept_license=accept_license)
+        self.model = load_model(model, accept_license=accept_license, head=head)
         self.config = self.model.config
         # The per-atom constants E0[Z] + scaling_mean (often ~1e3 eV) are added on the host in
         # float64: summed in float32 on the device they would cost ~1e-3 eV of total-energy precision.

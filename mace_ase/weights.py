@@ -179,7 +179,7 @@ def load_model(
         overrides the registry's pin.
     local_files_only: never use the network, only the caches. None: True when
         ``HF_HUB_OFFLINE`` or ``MACE_ASE_OFFLINE`` is set.
-    head: the head to keep from a multi-head model file (files only; None: the reader's default).
+    head: the head to keep from a multi-head model file (mace-torch files; None: the first that is not 'pt_head').
     """
     from .archive import MaceModel
 

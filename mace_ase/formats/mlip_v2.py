@@ -554,7 +554,8 @@ def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata:
 
     `radial_scale`: the value mace-ase stored when it wrote the archive (else derived from avg_r_min)."""
     from ..archive import MaceModel
-    from ..model.params import params_from_flat
+    from ..model.params import checked_leaf, set_leaf
+    from .mlip_v1 import flip_edge_vector
 
     if not _is_mace(flat):
         raise UnsupportedConfigError(
@@ -583,8 +584,11 @@ def model_from_mlip_v2(hyperparams: dict, flat: dict[str, np.ndarray], metadata:
         if not np.all(np.isfinite(array)):
             raise ArchiveError(f"parameter '{mp.key}' contains NaN or infinite values")
         leaves.update(mp.read(array))
-    canonical = {leaf.mlip_key: leaves[leaf.path] for leaf in parameter_layout(config)}
-    params = params_from_flat(config, canonical)
+    params: dict[str, Any] = {}
+    for leaf in parameter_layout(config):
+        set_leaf(params, leaf.path, checked_leaf("/".join(map(str, leaf.path)), leaves[leaf.path], leaf.shape))
+    # The maps above give v1's parameters; mace-ase's core takes ASE's edge vector (mlip_v1 flips too).
+    params = flip_edge_vector(config, params)
     metadata = {"mlip_version": hyperparams.get("version"), "mlip_model": "mace-v2", **(metadata or {})}
     return MaceModel(config=config, params=params, metadata=metadata)
 
@@ -612,7 +616,13 @@ def mlip_v2_from_model(model, backend: str = "e3j") -> tuple[dict, dict[str, np.
         raise UnsupportedConfigError(
             f"unsupported for mlip v2: num_readout_heads={config.num_readout_heads} (v2 uses head 0 only, mace-ase sums the heads)"
         )
-    leaves = {leaf.path: np.asarray(_get(model.params, leaf.path)) for leaf in parameter_layout(config)}
+    from .mlip_v1 import flip_edge_vector, unexpressible
+
+    problems = [p for p in unexpressible(config) if not p.startswith("radial_scale=")]
+    if problems:
+        raise UnsupportedConfigError(f"unsupported for mlip v2: {', '.join(problems)}")
+    params_v1 = flip_edge_vector(config, model.params)  # back to v1's edge vector, which the maps expect
+    leaves = {leaf.path: np.asarray(_get(params_v1, leaf.path)) for leaf in parameter_layout(config)}
     flat = {}
     for mp in _maps(config, backend):
         value = np.asarray(mp.write(leaves))
@@ -633,3 +643,46 @@ def _get(tree, path: tuple):
     for key in path:
         tree = tree[key]
     return tree
+
+
+# ------------------------------------------------------------------ files
+
+
+def read(path):
+    """An mlip v2 MACE archive (or one mace-ase wrote in that format) -> MaceModel."""
+    from .mlip_v1 import CONFIG_KEY, read_members
+
+    hyperparams, flat, metadata = read_members(path)
+    metadata = dict(metadata)
+    stored = metadata.pop(CONFIG_KEY, {}) or {}
+    try:
+        return model_from_mlip_v2(hyperparams, flat, metadata, radial_scale=stored.get("radial_scale"))
+    except ArchiveError as error:
+        raise ArchiveError(f"{path}: {error}") from None
+
+
+def write(model, path, backend: str = "e3j"):
+    """Write `model` as an mlip v2 archive (atomic replace); refuses what v2 cannot express, by name."""
+    import io
+    import json
+    import zipfile
+
+    from ..fileio import atomic_save
+    from .mlip_v1 import CONFIG_KEY, HYPERPARAMS, METADATA, PARAMS
+
+    hyperparams, flat = mlip_v2_from_model(model, backend)
+    metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", "mlip_model", CONFIG_KEY)}
+    if model.config.avg_r_min is not None:
+        # mlip recomputes it from avg_r_min (same definition); mace-ase reads back this value.
+        metadata[CONFIG_KEY] = {"radial_scale": model.config.radial_scale}
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+
+    def write_zip(tmp):
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
+            archive.writestr(PARAMS, buffer.getvalue())
+            if metadata:
+                archive.writestr(METADATA, json.dumps(metadata, indent=1))
+
+    return atomic_save(path, write_zip)

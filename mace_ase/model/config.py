@@ -17,6 +17,10 @@ from ..errors import UnsupportedConfigError  # re-exported by mace_ase.model
 
 ACTIVATIONS = ("silu", "swish", "tanh", "relu", "elu", "sigmoid", "none")
 RADIAL_ENVELOPES = ("polynomial_envelope", "soft_envelope")
+MESSAGE_NORMALIZATIONS = ("avg_num_neighbors", "density")
+# name -> number of parameters
+DISTANCE_TRANSFORMS = {"agnesi": 3, "soft": 1}
+PAIR_REPULSIONS = {"zbl": 7}
 
 
 _RADIAL_SCALE_INPUTS = {"num_bessel", "cutoff", "radial_envelope", "avg_r_min"}
@@ -42,6 +46,19 @@ class MaceConfig:
     radial_envelope: str = "polynomial_envelope"
     symmetric_tensor_product_basis: bool = False
     radial_mlp_hidden: tuple[int, ...] = (64, 64, 64)
+    # Further physics (mace-torch's model family). The defaults are mlip v1's MACE.
+    bessel_frequencies: tuple[float, ...] | None = None  # 1/Å, one per Bessel function; None: n pi / cutoff
+    bessel_prefactor: float | None = None  # None: sqrt(2 / cutoff)
+    envelope_p: int = 5  # exponent of the polynomial envelope
+    first_layer_residual: bool = False  # layer 0: element-wise skip from the embedding instead of a selector
+    message_normalization: str = "avg_num_neighbors"  # or "density": divide by 1 + a learned neighbour density
+    distance_transform: str | None = None  # "agnesi" or "soft": the Bessel functions see T(r), not r
+    distance_transform_params: tuple[float, ...] = ()  # agnesi: (q, p, a); soft: (alpha,)
+    covalent_radii: tuple[float, ...] | None = None  # Å, one per element (distance transform, pair repulsion)
+    pair_repulsion: str | None = None  # "zbl": screened nuclear repulsion, added to the readouts before scaling
+    pair_repulsion_params: tuple[float, ...] = ()  # zbl: (c1, c2, c3, c4, a_exp, a_prefactor, envelope p)
+    pair_repulsion_prefactor_float32: bool = False  # zbl: 14.3996 Z_u Z_v rounded to float32, as mace-torch has it
+    stored_product_basis: bool = False  # the product basis' coupling tensors are params (u{order}_{irrep}), frozen
     # Dataset statistics
     avg_num_neighbors: float = 1.0
     avg_r_min: float | None = None
@@ -53,7 +70,8 @@ class MaceConfig:
     # saved model evaluates identically on every JAX version; 1.0 without avg_r_min.
     radial_scale: float | None = None
     # activation_scale multiplies the non-linearity; None: e3nn-jax's second-moment
-    # normalisation of `activation`, computed in float64 (mlip's definition).
+    # normalisation of `activation`, computed in float64 (mlip's definition). A model may carry
+    # its own (mace-torch's: e3nn-torch's Monte-Carlo estimate, 0.16 % off for silu).
     activation_scale: float | None = None
     # Free-form provenance that must not affect the numbers (kept out of hash).
     extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -63,6 +81,11 @@ class MaceConfig:
         object.__setattr__(self, "atomic_energies", tuple(float(e) for e in self.atomic_energies))
         object.__setattr__(self, "readout_irreps", tuple(str(r) for r in self.readout_irreps))
         object.__setattr__(self, "radial_mlp_hidden", tuple(int(h) for h in self.radial_mlp_hidden))
+        for name in ("bessel_frequencies", "covalent_radii"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        for name in ("distance_transform_params", "pair_repulsion_params"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
         validate(self)
         if self.radial_scale is None:
             from .radial import embedding_scale
@@ -143,6 +166,38 @@ def validate(config: MaceConfig) -> None:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             refuse(name, value, "must be a positive finite number")
+    if config.bessel_frequencies is not None and len(config.bessel_frequencies) != config.num_bessel:
+        refuse("bessel_frequencies", config.bessel_frequencies, f"need one per Bessel function ({config.num_bessel})")
+    if config.bessel_prefactor is not None and not config.bessel_prefactor > 0:
+        refuse("bessel_prefactor", config.bessel_prefactor, "must be positive")
+    if config.envelope_p < 1:
+        refuse("envelope_p", config.envelope_p, "at least 1")
+    if config.message_normalization not in MESSAGE_NORMALIZATIONS:
+        refuse("message_normalization", config.message_normalization, f"choose one of {', '.join(MESSAGE_NORMALIZATIONS)}")
+    if config.distance_transform is not None:
+        if config.distance_transform not in DISTANCE_TRANSFORMS:
+            refuse("distance_transform", config.distance_transform, f"choose None or one of {', '.join(DISTANCE_TRANSFORMS)}")
+        if len(config.distance_transform_params) != DISTANCE_TRANSFORMS[config.distance_transform]:
+            refuse("distance_transform_params", config.distance_transform_params,
+                   f"{config.distance_transform} takes {DISTANCE_TRANSFORMS[config.distance_transform]} numbers")
+    if config.pair_repulsion is not None:
+        if config.pair_repulsion not in PAIR_REPULSIONS:
+            refuse("pair_repulsion", config.pair_repulsion, f"choose None or one of {', '.join(PAIR_REPULSIONS)}")
+        if len(config.pair_repulsion_params) != PAIR_REPULSIONS[config.pair_repulsion]:
+            refuse("pair_repulsion_params", config.pair_repulsion_params,
+                   f"{config.pair_repulsion} takes {PAIR_REPULSIONS[config.pair_repulsion]} numbers")
+    needs_radii = config.distance_transform is not None or config.pair_repulsion is not None
+    if needs_radii and (config.covalent_radii is None or len(config.covalent_radii) != len(zs)):
+        refuse("covalent_radii", config.covalent_radii, f"the distance transform and pair repulsion need one radius per element ({len(zs)})")
+    if config.covalent_radii is not None and not all(r > 0 for r in config.covalent_radii):
+        refuse("covalent_radii", config.covalent_radii, "radii must be positive")
+    custom_radial = (config.distance_transform is not None or config.bessel_frequencies is not None
+                     or config.bessel_prefactor is not None or config.envelope_p != 5)
+    if custom_radial and (config.radial_envelope != "polynomial_envelope" or config.avg_r_min is not None):
+        refuse("radial_envelope", config.radial_envelope,
+               "Bessel frequencies, envelope_p and distance transforms go with the polynomial envelope and avg_r_min=None")
+    if config.stored_product_basis and config.symmetric_tensor_product_basis:
+        refuse("stored_product_basis", True, "a stored basis replaces the symmetric one; set one of the two")
 
 
 def _check_scalar_irreps(irreps: str, refuse) -> None:

@@ -11,8 +11,14 @@ its published weights load and give the same numbers:
   * the radial MLP and the readout use e3nn's second-moment-normalised
     activations, edge directions enter as real spherical harmonics with
     "component" normalisation, Clebsch-Gordan paths are scaled by sqrt(2l+1);
-  * messages run sender -> receiver along r = x_sender - x_receiver (mlip v1
-    flips the sign of ASE's vector; only odd harmonics notice).
+  * messages run sender -> receiver along ASE's edge vector
+    r = x_receiver - x_sender (+ cell shift); mlip v1 uses -r, which its archive
+    reader absorbs into the weights (``mace_ase.formats.mlip_v1``).
+
+Options a config may switch on, one code path each (``MaceConfig``): the
+activation constant, Bessel frequencies and envelope exponent, a residual first
+layer, density-normalised messages, a distance transform, ZBL pair repulsion and
+a product basis stored with the weights.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import numpy as np
 
 from .config import MaceConfig
 from .graph import Graph, edge_vectors
-from .radial import radial_embedding, safe_norm
+from .radial import agnesi_transform, radial_embedding, safe_norm, soft_transform, transformed_embedding
+from .repulsion import zbl_node_energies
 
 Params = dict[str, Any]
 Features = dict[e3nn.Irrep, jax.Array]
@@ -260,12 +267,29 @@ def message_plan(config: MaceConfig, layer: int):
 DEFAULT_MESSAGE_CHUNK_BYTES: int | None = 2 * 2**20
 
 
-def edge_basis(config: MaceConfig, vectors, lengths):
+def edge_basis(config: MaceConfig, vectors, lengths, graph: Graph):
     """Per-edge spherical harmonics [E, (l_max+1)^2] and radial basis [E, num_bessel], shared by all layers."""
     harmonic_irreps = [ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max)]
     harmonics = e3nn.spherical_harmonics(harmonic_irreps, vectors, normalize=True, normalization="component").array
-    radial = config.radial_scale * radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope)
-    return harmonics, radial
+    return harmonics, edge_radial(config, lengths, graph)
+
+
+def edge_radial(config: MaceConfig, lengths, graph: Graph):
+    """The radial basis [E, num_bessel]: mlip's embedding, or Bessel functions of a transformed distance."""
+    plain = (config.distance_transform is None and config.bessel_frequencies is None and config.bessel_prefactor is None
+             and config.envelope_p == 5)
+    if plain:
+        return config.radial_scale * radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope)
+    t = lengths
+    if config.distance_transform is not None:
+        radii = jnp.asarray(config.covalent_radii, lengths.dtype)
+        pair_sum = radii[graph.species[graph.senders]] + radii[graph.species[graph.receivers]]
+        if config.distance_transform == "agnesi":
+            t = agnesi_transform(lengths, 0.5 * pair_sum, *config.distance_transform_params)
+        else:
+            t = soft_transform(lengths, pair_sum, *config.distance_transform_params)
+    return transformed_embedding(lengths, t, config.num_bessel, config.cutoff, config.envelope_p,
+                                 config.bessel_frequencies, config.bessel_prefactor)
 
 
 def edge_chunks(num_edges: int, bytes_per_edge: int, chunk_bytes: int | None) -> tuple[int, int]:
@@ -340,12 +364,24 @@ def interaction(
 
         summed, _ = jax.lax.scan(step, jnp.zeros((num_nodes, num_slots, C), dtype), [split(e) for e in edges])
 
+    norm = message_norm(layer_params, config, radial, graph)
     aggregated = {}
     for ir_out, ir_paths in paths.items():
         block = summed[:, gather[ir_out], :]  # [N, P, d, C]
         block = jnp.swapaxes(block, 2, 3).reshape(num_nodes, len(ir_paths) * C, ir_out.dim)
-        aggregated[ir_out] = block / config.avg_num_neighbors
+        aggregated[ir_out] = block / norm
     return linear(layer_params["linear_down"], aggregated, interaction_irreps(config))
+
+
+def message_norm(layer_params: Params, config: MaceConfig, radial, graph: Graph):
+    """What the summed messages are divided by: avg_num_neighbors, or per node [N, 1, 1]
+    1 + rho_i with rho_i = sum_j tanh((R(r_ij) . w / sqrt(num_bessel))^2), a learned neighbour density."""
+    if config.message_normalization == "avg_num_neighbors":
+        return config.avg_num_neighbors
+    w = layer_params["density"].astype(radial.dtype)  # [num_bessel, 1]
+    edge_density = jnp.tanh((radial @ w / math.sqrt(w.shape[0])) ** 2)[:, 0]  # padding edges: R = 0, so 0
+    density = jax.ops.segment_sum(edge_density, graph.receivers, num_segments=graph.positions.shape[0])
+    return (density + 1.0)[:, None, None]
 
 
 def symmetric_contraction(weights: dict[str, jax.Array], config: MaceConfig, layer: int, x: Features, species) -> Features:
@@ -356,6 +392,8 @@ def symmetric_contraction(weights: dict[str, jax.Array], config: MaceConfig, lay
     for order in range(config.correlation, 0, -1):
         started = set()
         for ir, _, u in product_basis(config, order, keep):
+            if config.stored_product_basis:  # the model's own coupling tensors: constants, not trained
+                u = jax.lax.stop_gradient(weights[f"u{order}_{ir}"])
             u = jnp.asarray(u, dtype=xs.dtype)  # [D]*order + [K, d]
             w = weights[f"w{order}_{ir}"].astype(xs.dtype)[species]  # [N, K, C]
             if ir not in out:
@@ -386,6 +424,20 @@ def readout(head_params: Params, config: MaceConfig, x: Features, last: bool) ->
 # --------------------------------------------------------------------------
 
 
+def has_skip(config: MaceConfig, layer: int) -> bool:
+    """Residual layers add an element-wise linear map of their input; the others apply one to their messages."""
+    return layer > 0 or config.first_layer_residual
+
+
+def edge_geometry(positions, cells, graph: Graph):
+    """Edge vectors r_ij = x_receiver - x_sender (+ shift) [E, 3] and their lengths [E] (0 on padding)."""
+    vectors = edge_vectors(positions, cells, graph)
+    # Padding edges get a harmless unit vector, so no NaN leaks into gradients.
+    vectors = jnp.where(graph.edge_mask[:, None], vectors, jnp.array([1.0, 0.0, 0.0], vectors.dtype))
+    lengths = jnp.where(graph.edge_mask, safe_norm(vectors), 0.0)
+    return vectors, lengths
+
+
 def node_features(
     params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None, *,
     message_chunk_bytes: int | None = DEFAULT_MESSAGE_CHUNK_BYTES,
@@ -400,12 +452,8 @@ def node_features(
     dtype = positions.dtype
     species = graph.species
 
-    # mlip v1 sends r = x_sender - x_receiver (the negative of ASE's vector).
-    vectors = -edge_vectors(positions, cells, graph)
-    # Padding edges get a harmless unit vector, so no NaN leaks into gradients.
-    vectors = jnp.where(graph.edge_mask[:, None], vectors, jnp.array([1.0, 0.0, 0.0], dtype))
-    lengths = jnp.where(graph.edge_mask, safe_norm(vectors), 0.0)
-    harmonics, radial = edge_basis(config, vectors, lengths)
+    vectors, lengths = edge_geometry(positions, cells, graph)
+    harmonics, radial = edge_basis(config, vectors, lengths, graph)
 
     embedding = params["embedding"].astype(dtype) / math.sqrt(config.num_species)
     x: Features = {e3nn.Irrep("0e"): jnp.take(embedding, species, axis=0)[:, :, None]}
@@ -414,10 +462,10 @@ def node_features(
     for layer, layer_params in enumerate(params["layers"]):
         last = layer == config.num_layers - 1
         residual = None
-        if layer > 0:
+        if has_skip(config, layer):
             residual = species_linear(layer_params["skip"], x, species, config.num_species)
         x = interaction(layer_params, config, layer, x, harmonics, radial, graph, message_chunk_bytes)
-        if layer == 0:
+        if not has_skip(config, layer):  # mlip's first layer: an element-wise linear on the messages instead
             x = species_linear(layer_params["selector"], x, species, config.num_species)
         x = symmetric_contraction(layer_params["product"], config, layer, x, species)
         x = linear(layer_params["product_linear"], x, node_irreps(config, layer))
@@ -434,10 +482,15 @@ def node_energies(
 ) -> jax.Array:
     """Per-atom energies in eV, [N]; zero on padding nodes.
 
-    E_i = E0[Z_i] + mean + std * sum_{layers, heads} readout_i.
+    E_i = E0[Z_i] + mean + std * (sum_{layers, heads} readout_i + repulsion_i).
     """
     _, contributions = node_features(params, config, graph, positions, cells, message_chunk_bytes=message_chunk_bytes)
     interaction_energy = jnp.sum(contributions, axis=(1, 2))
+    if config.pair_repulsion == "zbl":
+        positions = graph.positions if positions is None else positions
+        cells = graph.cells if cells is None else cells
+        _, lengths = edge_geometry(positions, cells, graph)
+        interaction_energy = interaction_energy + zbl_node_energies(config, lengths, graph)
     e0 = jnp.asarray(config.atomic_energies, dtype=interaction_energy.dtype)[graph.species]
     energy = e0 + config.scaling_mean + config.scaling_std * interaction_energy
     return jnp.where(graph.node_mask, energy, 0.0)

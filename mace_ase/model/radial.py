@@ -1,4 +1,8 @@
-"""Radial basis of MACE: Bessel functions times a smooth cutoff envelope."""
+"""Radial basis of MACE: Bessel functions times a smooth cutoff envelope.
+
+Optionally the Bessel functions see a transformed distance T(r) (Agnesi or soft transform,
+which depend on the two elements' covalent radii) while the envelope always sees r.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,20 @@ import jax
 import jax.numpy as jnp
 
 
-def bessel_basis(r, num_basis: int, cutoff: float):
-    """sqrt(2/rc) sin(n pi r / rc) / r for n = 1..num_basis, shape [..., num_basis]."""
-    n = jnp.arange(1, num_basis + 1, dtype=r.dtype)
+def bessel_basis(r, num_basis: int, cutoff: float, frequencies=None, prefactor=None):
+    """prefactor sin(w_n r) / r for n = 1..num_basis, shape [..., num_basis].
+
+    Defaults: w_n = n pi / rc and prefactor sqrt(2/rc); models may carry their own (rounded) values.
+    """
+    if frequencies is None:
+        w = jnp.arange(1, num_basis + 1, dtype=r.dtype) * jnp.pi / cutoff
+    else:
+        w = jnp.asarray(frequencies, dtype=r.dtype)
+    prefactor = jnp.sqrt(2.0 / cutoff) if prefactor is None else prefactor
     r = r[..., None]
     r_safe = jnp.where(r == 0.0, 1.0, r)  # the r -> 0 limit is finite; keep gradients finite too
-    value = jnp.sin(n * jnp.pi / cutoff * r_safe) / r_safe
-    return jnp.sqrt(2.0 / cutoff) * jnp.where(r == 0.0, n * jnp.pi / cutoff, value)
+    value = jnp.sin(w * r_safe) / r_safe
+    return prefactor * jnp.where(r == 0.0, w, value)
 
 
 def polynomial_envelope(r, cutoff: float, p: int = 5):
@@ -58,6 +69,29 @@ def radial_embedding(r, num_basis: int, cutoff: float, envelope: str):
     """[E] lengths -> [E, num_basis], unscaled (the model multiplies by config.radial_scale); zero at r = 0 (padding)."""
     value = _raw_embedding(r, num_basis, cutoff, envelope)
     return jnp.where((r == 0.0)[..., None], 0.0, value)
+
+
+def transformed_embedding(r, t, num_basis: int, cutoff: float, envelope_p: int, frequencies=None, prefactor=None):
+    """Bessel functions of the transformed distance t times the polynomial envelope of r: [E, num_basis].
+
+    (mace-torch's radial embedding; t = r without a transform.) Zero for padding edges (r = 0).
+    """
+    value = bessel_basis(t, num_basis, cutoff, frequencies, prefactor) * polynomial_envelope(r, cutoff, envelope_p)[..., None]
+    return jnp.where((r == 0.0)[..., None], 0.0, value)
+
+
+def agnesi_transform(r, r0, q: float, p: float, a: float):
+    """T = 1 / (1 + a x^q / (1 + x^(q - p))), x = r / r0 (ACEpotentials.jl's Agnesi transform), in (0, 1]."""
+    x = jnp.where(r == 0.0, 1.0, r / r0)  # padding edges: any finite value
+    return 1.0 / (1.0 + a * x**q / (1.0 + x ** (q - p)))
+
+
+def soft_transform(r, r0, alpha: float):
+    """T = p0 + (r - p0) (1 + tanh(alpha' (r - m))) / 2: ~p0 = 3/4 r0 at short range, ~r beyond 4/3 r0."""
+    p0, p1 = (3 / 4) * r0, (4 / 3) * r0
+    m = 0.5 * (p0 + p1)
+    s = 0.5 * (1.0 + jnp.tanh(alpha / (p1 - p0) * (r - m)))
+    return p0 + (r - p0) * s
 
 
 def safe_norm(v, axis=-1):

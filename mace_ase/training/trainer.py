@@ -29,6 +29,7 @@ import optax
 
 from ..archive import MaceModel, save_archive
 from ..model import MaceConfig, init_params
+from ..model.basis import without_stored_basis
 from ..weights import derived_metadata, load_model
 from . import data as data_module
 from .batching import BatchShape, iterate_batches
@@ -113,8 +114,9 @@ def prepare(s: TrainSettings, accept_license: bool | None = None) -> Prepared:
     train, valid, isolated, elements = load_data(s)
     dtype = np.dtype(s.dtype)
     if base is not None:
-        config = base.config
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), base.params)
+        # A basis stored with the weights (float32-computed, from mace-torch) is not trained: move to the exact one.
+        config, params = without_stored_basis(base.config, base.params)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
     else:
         config = model_config(s, train, isolated, elements)
         params = init_params(config, jax.random.key(s.seed), dtype=dtype)
