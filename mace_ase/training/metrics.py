@@ -1,9 +1,11 @@
-"""Per-epoch metrics: a JSON-lines file and a PNG of the curves."""
+"""Per-epoch metrics: a JSON-lines file and a PNG of the curves (both replaced atomically)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..fileio import atomic_save, atomic_write
 
 
 def read_metrics(path) -> list[dict]:
@@ -15,24 +17,24 @@ def read_metrics(path) -> list[dict]:
 
 def write_metrics(path, rows: list[dict]) -> None:
     """Rewrite the whole file (small), atomically."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def plot_metrics(rows: list[dict], path) -> None:
-    import matplotlib
+    """Loss and validation errors against the epoch.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a ``Figure`` with the Agg canvas directly: pyplot's global state (and a
+    notebook user's backend) is never touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [r["train_loss"] for r in rows], label="train loss")
     axes[0].set_ylabel("weighted loss")
     axes[1].plot(epochs, [r["valid_energy_per_atom_mae_meV"] for r in rows], label="MAE")
@@ -47,10 +49,4 @@ def plot_metrics(rows: list[dict], path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    import os
-
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))

@@ -16,6 +16,7 @@ class TrainSettings:
     energy_key: str | None = None  # ASE files: default "energy"; HDF5: default "wb97x_dz.energy"
     forces_key: str | None = None
     hdf5_options: dict | None = None  # e.g. SPICE: {"positions_key": "conformations", "length_unit": "bohr", ...}
+    stream: bool = False  # HDF5 only: read frames from disk by index (data larger than memory)
     valid_fraction: float = 0.1
     group_key: str | None = None  # split whole groups (e.g. "mol_name")
     max_train_frames: int | None = None  # first N after the split (small runs, tests)
@@ -56,6 +57,12 @@ class TrainSettings:
     grad_norm: float = 500.0
     gradient_accumulation_steps: int = 1
     ema_decay: float = 0.99
+    # Devices and data pipeline (how the run executes; a resume may change them)
+    devices: int | None = None  # data parallel over the first N of jax.devices() (None: all of them)
+    micro_batches_per_device: int = 1  # gradients of several micro-batches summed per step (less memory per device)
+    prefetch_batches: int = 2  # batches built ahead by the loader threads
+    loader_threads: int = 2
+    checkpoint_every_steps: int | None = None  # also inside an epoch (long epochs on large data sets)
     # Run
     output_dir: str = "training-run"
     archive_name: str = "model.zip"
