@@ -360,7 +360,9 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict
     optimizer = make_optimizer(opt)
     weights = LossWeights(s.energy_weight, s.forces_weight, s.swap_epoch, s.energy_weight_after, s.forces_weight_after)
     params = prep.init_params
-    state = jax.tree.map(np.asarray, (params, optimizer.init(params), ema_init(params)))
+    # One compiled program for the zeros of the optimiser and the EMA (not one per leaf and op).
+    opt_state, ema = jax.jit(lambda p: (optimizer.init(p), ema_init(p)))(params)
+    state = jax.tree.map(np.asarray, (params, opt_state, ema))
     position, rows = Position(), []
     if resume and checkpoint.exists():
         state, meta = load_checkpoint(checkpoint, state)
@@ -469,7 +471,9 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict
         "config": prep.config,
         "params": jax.tree.map(to_host, params),
         "ema_params": final,
-        "frames_read": getattr(prep.train, "frames_read", None),
+        "frames_read": getattr(prep.train, "frames_read", None),  # streamed data: by this process
+        "devices": len(layout.devices),
+        "micro_batches": layout.micro_batches,
     }
 
 
