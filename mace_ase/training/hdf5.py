@@ -36,6 +36,8 @@ KCAL_PER_MOL = 0.0433641  # eV
 ENERGY_UNITS = {"hartree": HARTREE, "ev": 1.0, "kcal/mol": KCAL_PER_MOL}
 LENGTH_UNITS = {"angstrom": 1.0, "bohr": BOHR}
 
+CONFORMERS_PER_READ = 64
+
 MOLECULE_DEFAULTS = dict(energy_key="wb97x_dz.energy", forces_key="wb97x_dz.forces", positions_key="coordinates",
                          numbers_key="atomic_numbers", energy_unit="hartree", length_unit="angstrom")
 STRUCTURE_DEFAULTS = dict(energy_key="energy", forces_key="forces", positions_key="positions",
@@ -172,8 +174,9 @@ class Hdf5Frames:
     def scan(cls, path, options: Hdf5Options) -> Iterator:
         """Yield (group index, group name, conformer, Frame) for every frame in file order.
 
-        Reads each group once (whole arrays), checks keys and shapes, skips NaN energies.
-        The index of the frames it yields is the caller's to keep (see :func:`open_frames`).
+        The first item is the options resolved for the file's layout. Reads each group once,
+        at most 64 conformers at a time, checks keys and shapes, skips NaN energies. The
+        index of the frames it yields is the caller's to keep (see :func:`.stream.build_index`).
         """
         from .data import Frame
 
@@ -190,31 +193,37 @@ class Hdf5Frames:
                     if key not in group:
                         raise MissingLabelError(f"{path}: group {name!r} has no data set {key!r} (set hdf5_options / forces_key)")
                 numbers = np.asarray(group[o.numbers_key][()], int).reshape(-1)
+                n = len(numbers)
                 if layout == "structures":
                     if o.energy_key not in group.attrs:
                         raise MissingLabelError(f"{path}: group {name!r} has no attribute {o.energy_key!r} (set energy_key)")
-                    positions = np.asarray(group[o.positions_key][()], float)[None]
-                    energies = np.array([float(group.attrs[o.energy_key])])
-                    forces = np.asarray(group[o.forces_key][()], float)[None]
-                else:
-                    if o.energy_key not in group:
-                        raise MissingLabelError(f"{path}: group {name!r} has no data set {o.energy_key!r} (set energy_key)")
-                    positions = np.asarray(group[o.positions_key][()], float)
-                    energies = np.asarray(group[o.energy_key][()], float).reshape(-1)
-                    forces = np.asarray(group[o.forces_key][()], float)
-                n = len(numbers)
-                if positions.shape != (len(energies), n, 3) or forces.shape != positions.shape:
-                    raise TrainingDataError(
-                        f"{path}: group {name!r}: {n} atoms and {len(energies)} energies, but positions have shape "
-                        f"{positions.shape[1:] if layout == 'structures' else positions.shape} and forces "
-                        f"{forces.shape[1:] if layout == 'structures' else forces.shape} (expected [..., {n}, 3])"
-                    )
-                for k in range(len(energies)):
-                    if not math.isfinite(energies[k]):
-                        continue  # a failed calculation (SPICE marks them NaN): not a frame
-                    info = {"group": name} if layout == "structures" else {"group": name, "conformer": k}
-                    yield g, name, k, Frame(numbers.copy(), positions[k] * o.length_scale, float(energies[k]) * o.energy_scale,
-                                            forces[k] * o.force_scale, info=info)
+                    shapes = (group[o.positions_key].shape, group[o.forces_key].shape)
+                    if shapes != ((n, 3), (n, 3)):
+                        raise TrainingDataError(f"{path}: group {name!r}: {n} atoms, but positions of shape {shapes[0]} "
+                                                f"and forces of shape {shapes[1]} (expected ({n}, 3))")
+                    energy = float(group.attrs[o.energy_key])
+                    if math.isfinite(energy):
+                        yield g, name, 0, Frame(numbers, np.asarray(group[o.positions_key][()], float) * o.length_scale,
+                                                energy * o.energy_scale, np.asarray(group[o.forces_key][()], float) * o.force_scale,
+                                                info={"group": name})
+                    continue
+                if o.energy_key not in group:
+                    raise MissingLabelError(f"{path}: group {name!r} has no data set {o.energy_key!r} (set energy_key)")
+                energies = np.asarray(group[o.energy_key][()], float).reshape(-1)
+                k_all = len(energies)
+                shapes = (group[o.positions_key].shape, group[o.forces_key].shape)
+                if shapes != ((k_all, n, 3), (k_all, n, 3)):
+                    raise TrainingDataError(f"{path}: group {name!r}: {n} atoms and {k_all} energies, but positions of shape "
+                                            f"{shapes[0]} and forces of shape {shapes[1]} (expected ({k_all}, {n}, 3))")
+                for first in range(0, k_all, CONFORMERS_PER_READ):  # a group of many conformers is never read whole
+                    last = min(first + CONFORMERS_PER_READ, k_all)
+                    positions = np.asarray(group[o.positions_key][first:last], float)
+                    forces = np.asarray(group[o.forces_key][first:last], float)
+                    for k in range(first, last):
+                        if not math.isfinite(energies[k]):
+                            continue  # a failed calculation (SPICE marks them NaN): not a frame
+                        yield g, name, k, Frame(numbers.copy(), positions[k - first] * o.length_scale, float(energies[k]) * o.energy_scale,
+                                                forces[k - first] * o.force_scale, info={"group": name, "conformer": k})
 
 
 def _group_names(handle, o: Hdf5Options) -> list[str]:

@@ -415,11 +415,11 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict
             if not np.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss} at epoch {epoch}, batch {k}: lower the learning rate")
             total_loss, e_sq, f_sq = total_loss + loss, e_sq + e_mse, f_sq + f_mse
-            if progress:
-                progress(epoch, k, plan.num_steps, loss)
             done = k + 1
             if s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0 and done < plan.num_steps:
                 save(epoch, done, False, (total_loss, e_sq, f_sq))
+            if progress:
+                progress(epoch, k, plan.num_steps, loss)
         averaged = steps.ema_params(ema)
         valid = evaluate(steps, averaged, prep.valid, prep.shape, dtype, layout, prep.batch_graphs, s.prefetch_batches, s.loader_threads)
         epoch_times.append(time.perf_counter() - epoch_start)
