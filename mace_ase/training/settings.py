@@ -11,7 +11,7 @@ from pathlib import Path
 @dataclass
 class TrainSettings:
     # Data
-    train_file: str = ""
+    train_file: str = ""  # a path, or a registered data set "name:part" (mace_ase.weights.DATASETS), e.g. "spice2-curated:train"
     valid_file: str | None = None  # else a split of train_file
     energy_key: str | None = None  # ASE files: default "energy"; HDF5: default "wb97x_dz.energy"
     forces_key: str | None = None
@@ -98,7 +98,11 @@ class TrainSettings:
         else:
             d = json.loads(path.read_text())
         d = {k: v for k, v in d.items() if not k.startswith("_")}  # "_comment" keys
+        from ..weights import DATASETS
+
         for name in ("train_file", "valid_file", "isolated_atoms_file", "init_from", "output_dir", "export_path"):
+            if name.endswith("_file") and str(d.get(name)).partition(":")[0] in DATASETS:
+                continue  # a registered data set ("spice2-curated:train"), not a path
             if d.get(name) and not Path(d[name]).is_absolute():
                 d[name] = str((path.parent / d[name]).resolve())
         return cls.from_dict(d)
