@@ -10,9 +10,10 @@ multi-process run start at once. The statistics of any split come from the cache
 
 During training a :class:`StreamedData` reads only the frames of the micro-batches it is
 asked for, computes their neighbour lists and packs them (in the loader's background
-threads). Host memory: the index kept in memory is 24 bytes per frame (where: group and
-conformer; sizes: atoms and edges) plus the group names, and the loader holds ``prefetch``
-batches; nothing else grows with the data set (benchmarks/training_scaling.py measures it).
+threads). Host memory: the index kept in memory is about 100 bytes per frame (where it
+lives, its sizes, its statistics inputs: 44 bytes + 2 per element in the index, 24 in
+:class:`StreamedData`) plus the group names, and the loader holds ``prefetch`` batches;
+nothing else grows with the data set (benchmarks/training_scaling.py measures it).
 """
 
 from __future__ import annotations
