@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SYSTEM_NAMES = {"aspirin": "aspirin (21)", "cluster": "organic cluster (114)", "water": "water box (1,029)"}
+SYSTEM_NAMES = {"aspirin": "aspirin (21)", "hcno46": "MLIPAudit molecule (46)", "cluster": "organic cluster (114)",
+                "water": "water box (1,029)"}
+
+
+def _name(r) -> str:
+    """The system's name; rows of the bundled model's architecture say so (card rows have no 'arch')."""
+    name = SYSTEM_NAMES.get(r["system"], r["system"])
+    return f"{name}, bundled-size model" if r.get("arch", "card") != "card" else name
 
 
 def _fmt(value, unit="", digits=3):
@@ -40,7 +47,7 @@ def _cell(r, key, scale=1.0, unit="", digits=3):
     return _fmt(r[key] * scale, unit, digits)
 
 
-ROW_KEYS = ("section", "impl", "system", "dtype", "cache")
+ROW_KEYS = ("section", "impl", "arch", "system", "dtype", "cache")
 
 
 def _latest(runs, section, label=""):
@@ -74,9 +81,9 @@ def inference_table(run) -> list[str]:
         "| first call s (mace-ase / mlip / mace-torch) | peak RSS GB (mace-ase / mlip / mace-torch) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for system in dict.fromkeys(r["system"] for r in rows):
-        for dtype in dict.fromkeys(r["dtype"] for r in rows if r["system"] == system):
-            cells = {impl: _find(rows, impl=impl, system=system, dtype=dtype) for impl in ("mace-ase", "mlip", "mace-torch")}
+    for arch, system in dict.fromkeys((r.get("arch"), r["system"]) for r in rows):
+        for dtype in dict.fromkeys(r["dtype"] for r in rows if r["system"] == system and r.get("arch") == arch):
+            cells = {impl: _find(rows, impl=impl, system=system, dtype=dtype, arch=arch) for impl in ("mace-ase", "mlip", "mace-torch")}
             ours = cells["mace-ase"]
 
             def ratio(impl):
@@ -88,7 +95,7 @@ def inference_table(run) -> list[str]:
                 return f"**{peer['median_s'] / ours['median_s']:.2f}×**"
 
             out.append(
-                f"| {SYSTEM_NAMES.get(system, system)} | {dtype} | "
+                f"| {_name(cells['mace-ase'] or {'system': system, 'arch': arch})} | {dtype} | "
                 + " | ".join(_cell(cells[i], "median_s", 1e3) for i in ("mace-ase", "mlip", "mace-torch"))
                 + f" | {ratio('mlip')} | {ratio('mace-torch')} | "
                 + " / ".join(_cell(cells[i], "first_call_s", digits=2) for i in ("mace-ase", "mlip", "mace-torch"))
@@ -108,7 +115,7 @@ def before_after_table(runs) -> list[str]:
             if r["impl"] != "mace-ase":
                 continue
             out.append(
-                f"| {label}{' (' + r['note'] + ')' if r.get('note') else ''} | {SYSTEM_NAMES.get(r['system'], r['system'])} | {r['dtype']} | {_cell(r, 'median_s', 1e3)} "
+                f"| {label}{' (' + r['note'] + ')' if r.get('note') else ''} | {_name(r)} | {r['dtype']} | {_cell(r, 'median_s', 1e3)} "
                 f"| {_cell(r, 'peak_rss_gb', digits=2)} | {_cell(r, 'first_call_s', digits=2)} | {r['loadavg_1min']:.1f} | {_cpu(run)} |"
             )
     return out
@@ -199,10 +206,11 @@ def targets_table(runs) -> list[str]:
 
     inference = _latest(runs, "inference")
     rows = inference["rows"] if inference else []
-    for system, need in (("aspirin", {"mace-torch": 2.0, "mlip": 1.3}), ("cluster", {"mace-torch": 2.0, "mlip": 1.3}), ("water", {"mace-torch": 2.0})):
-        ours = _find(rows, impl="mace-ase", system=system, dtype="float32")
+    for arch, system, need in ((None, "aspirin", {"mace-torch": 2.0, "mlip": 1.3}), (None, "cluster", {"mace-torch": 2.0, "mlip": 1.3}),
+                               (None, "water", {"mace-torch": 2.0}), ("bundled", "hcno46", {"mlip": 1.3})):
+        ours = _find(rows, impl="mace-ase", system=system, dtype="float32", arch=arch)
         for peer, factor in need.items():
-            theirs = _find(rows, impl=peer, system=system, dtype="float32")
+            theirs = _find(rows, impl=peer, system=system, dtype="float32", arch=arch)
             if not ok(ours) or theirs is None:
                 continue
             if ok(theirs):
@@ -213,8 +221,8 @@ def targets_table(runs) -> list[str]:
             where = f"{ours['run_date']}, {ours['cpu']}, load {ours['loadavg_1min']:.1f} / {theirs['loadavg_1min']:.1f}"
             if theirs["run_date"] != ours["run_date"]:
                 where += f" (peer row of {theirs['run_date']}, {theirs['cpu']})"
-            out.append(f"| ≥{factor}× faster than {peer}, {SYSTEM_NAMES[system]}, float32 | {measured} | {'yes' if met else '**no**'} | {where} |")
-    water = _find(rows, impl="mace-ase", system="water", dtype="float32")
+            out.append(f"| ≥{factor}× faster than {peer}, {_name(ours)}, float32 | {measured} | {'yes' if met else '**no**'} | {where} |")
+    water = _find(rows, impl="mace-ase", system="water", dtype="float32", arch=None)
     if ok(water):
         out.append(f"| 1,029-atom water box under 4 GB peak | {water['peak_rss_gb']:.2f} GB (process peak RSS) | {'yes' if water['peak_rss_gb'] < 4 else '**no**'} | {water['run_date']}, {water['cpu']} |")
     scaling = _latest(runs, "scaling")
@@ -233,7 +241,7 @@ def targets_table(runs) -> list[str]:
         if recompiles:
             text = ", ".join(f"{s}: {t} traces, {x} XLA compilations" for s, t, x in recompiles)
             out.append(f"| zero recompilations after the first MD step | {text} | {'yes' if all(t == 0 and x == 0 for _, t, x in recompiles) else '**no**'} | {md['date']} |")
-    firsts = [r["first_call_s"] for r in rows if r["impl"] == "mace-ase" and ok(r)]
+    firsts = [r["first_call_s"] for r in rows if r["impl"] == "mace-ase" and ok(r) and r.get("arch") is None]
     if firsts:
         out.append(f"| first call under 15 s | at most {max(firsts):.1f} s (all inference cases) | {'yes' if max(firsts) < 15 else '**no**'} | {inference['date']} |")
     startup = _latest(runs, "startup")
@@ -241,6 +249,51 @@ def targets_table(runs) -> list[str]:
     if ok(warm):
         out.append(f"| first call under 3 s in a second process (compilation cache) | {warm['first_call_s']:.2f} s (process start to result: {warm['construct_and_first_call_s']:.2f} s) | {'yes' if warm['first_call_s'] < 3 else '**no**'} | {warm['run_date']}, {warm['cpu']} |")
     return out
+
+
+def neb_table(directory: Path) -> list[str]:
+    """benchmarks/neb_shared_calculator.py: MLIPAudit's NEB with one shared calculator (latest run)."""
+    path = directory / "neb_shared_calculator.json"
+    if not path.exists():
+        return []
+    out = ["## MLIPAudit NEB, one calculator shared by the images (bundled model, float32)", "",
+           "`python benchmarks/neb_shared_calculator.py`: MLIPAudit 0.1.8's own NEB code (standard mode: "
+           "500 steps, then 500 climbing-image steps, 10 images, one calculator); converged when the final "
+           "fmax < 0.05 eV/Å. mlip: MLIPAudit's path for an mlip ForceField (one mlip calculator per image).", "",
+           "| date | version | run | final fmax per reaction (eV/Å) | score | model calls | compilations | wall s | load |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for record in json.loads(path.read_text()):
+        for r in record["rows"]:
+            head = f"| {record['date']} | {record.get('label', '')} | {r['run']}"
+            if r["status"] != "ok":
+                out.append(f"{head} | {r['status']} | | | | | |")
+                continue
+            fmax = ", ".join(f"{name}: {f:.3f}" if f is not None else f"{name}: failed" for name, f in zip(r["reactions"], r["fmax"]))
+            calls = f"{r['model_calls']:,}" if r.get("model_calls") is not None else "–"
+            load = f"{r['loadavg_1min']:.1f}" if r.get("loadavg_1min") is not None else "–"
+            out.append(f"{head} | {fmax} | {r['score']:.2f} | {calls} | {_fmt(r.get('compilations'))} | {r['wall_s']:.0f} | {load} |")
+    return out + [""]
+
+
+def hessian_table(directory: Path) -> list[str]:
+    """benchmarks/hessian_memory.py: get_hessian's peak memory against one force call (latest run)."""
+    path = directory / "hessian_memory.json"
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())[-1]
+    out = ["## Hessian memory (bundled model, float64, periodic water boxes)", "",
+           f"`python benchmarks/hessian_memory.py`, {record['date']}. XLA bytes: the compiled program's own "
+           "temporaries + arguments + outputs; peak RSS includes Python, JAX and the model (~0.5 GB).", "",
+           "| atoms | computation | rows | rows per block | s | XLA bytes (GB) | peak RSS GB |", "|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        what = {"forces": "energy + forces + stress", "hessian": "get_hessian", "jax.hessian": "jax.hessian (before)"}[r["kind"]]
+        if r["status"] != "ok":
+            out.append(f"| {3 * r['per_side'] ** 3:,} | {what} | | | {r['status']} | | {r['peak_rss_gb']:.2f} |")
+            continue
+        block = r["block"] if r["kind"] == "hessian" else ""
+        out.append(f"| {r['atoms']:,} | {what} | {r['rows']} | {block} | {r['seconds']:.1f} | {r['xla_bytes'] / 2**30:.3f} "
+                   f"| {r['peak_rss_gb']:.2f} |")
+    return out + [""]
 
 
 def write(runs, directory: Path) -> None:
@@ -260,7 +313,7 @@ def write(runs, directory: Path) -> None:
     missed = [row.split(" | ")[0].lstrip("| ") for row in targets[2:] if "| **no** |" in row]
     summary = (f"Met: {len(targets) - 2 - len(missed)} of {len(targets) - 2} targets. Not met: {'; '.join(missed)}."
                if missed else f"All {len(targets) - 2} targets met.")
-    lines += ["## Targets (issue #6)", "", summary, ""] + targets + [""]
+    lines += ["## Targets (issues #6 and #16)", "", summary, ""] + targets + [""]
     sections = [
         ("Inference: energy + forces through each ASE calculator", "inference", inference_table),
         ("First call with the persistent compilation cache (mace-ase, aspirin, float32, fresh process each)", "startup", startup_table),
@@ -273,6 +326,7 @@ def write(runs, directory: Path) -> None:
         if run is None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
+    lines += neb_table(directory) + hessian_table(directory)
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")

@@ -36,6 +36,13 @@ THREAD_ENV = {
 }
 SPICE_ELEMENTS = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)
 IMPLEMENTATIONS = ("mace-ase", "mlip", "mace-torch")
+BUNDLED = HERE.parent / "weights" / "mace-ase-small-xtb.zip"
+# Architectures: the mace-organics card (random weights, built by mlip) and the bundled model's
+# (its own trained archive: 2 layers, 32 channels, l_max 2, radial MLP 64-64-64).
+ARCHS = {
+    "card": dict(channels=128, l_max=3, radial_mlp=[64, 64, 64], avg_num_neighbors=12.3),
+    "bundled": dict(channels=32, l_max=2, radial_mlp=[64, 64, 64], avg_num_neighbors=16.49),
+}
 
 
 # ------------------------------------------------------------------ workers
@@ -72,7 +79,7 @@ def _card_archive(directory: Path) -> Path:
     return path
 
 
-def _calculator(impl: str, dtype: str, archive: Path):
+def _calculator(impl: str, dtype: str, archive: Path, arch: str = "card"):
     if impl == "mace-ase":
         from mace_ase.calculator import MaceCalculator
 
@@ -108,13 +115,15 @@ def _calculator(impl: str, dtype: str, archive: Path):
         torch.set_num_threads(THREADS)
         torch.set_default_dtype(getattr(torch, dtype))
         torch.manual_seed(0)
+        a = ARCHS[arch]
+        hidden = "+".join(f"{a['channels']}x{l}{'eo'[l % 2]}" for l in range(a["l_max"] + 1))
         model = modules.ScaleShiftMACE(
-            r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
+            r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=a["l_max"],
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=2, num_elements=len(SPICE_ELEMENTS),
-            hidden_irreps=o3.Irreps("128x0e+128x1o+128x2e+128x3o"), MLP_irreps=o3.Irreps("16x0e"),
-            atomic_energies=np.array([-0.7 * z for z in SPICE_ELEMENTS]), avg_num_neighbors=12.3,
+            num_interactions=2, num_elements=len(SPICE_ELEMENTS), radial_MLP=a["radial_mlp"],
+            hidden_irreps=o3.Irreps(hidden), MLP_irreps=o3.Irreps("16x0e"),
+            atomic_energies=np.array([-0.7 * z for z in SPICE_ELEMENTS]), avg_num_neighbors=a["avg_num_neighbors"],
             atomic_numbers=list(SPICE_ELEMENTS), correlation=2, gate=torch.nn.functional.silu,
             atomic_inter_scale=1.0, atomic_inter_shift=0.0,
         )
@@ -148,13 +157,13 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, warmup=2, **_):
+def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, warmup=2, arch="card", **_):
     import numpy as np
 
     import systems
 
     atoms = systems.SYSTEMS[system]() if not system.startswith("water") or system == "water" else systems.water_box(int(system[5:]))
-    calc = _calculator(impl, dtype, archive)
+    calc = _calculator(impl, dtype, archive, arch)
     _attach(impl, calc, atoms)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
@@ -175,7 +184,9 @@ def worker_inference(impl, system, dtype, archive, calls=20, budget_s=20.0, warm
                 break
     out = {"atoms": len(atoms), "first_call_s": first, "median_s": statistics.median(times), "calls": len(times), "peak_rss_gb": _peak_rss_gb()}
     if impl == "mace-ase":
-        out["compile_count"] = calc.compile_count
+        t = calc.timings  # where a call's time goes (host work vs the compiled model), per call
+        out.update(compile_count=calc.compile_count, edges=calc.executables[-1][2],
+                   host_ms_per_call={k: 1e3 * t[k] / t["calls"] for k in ("neighbours", "padding", "model")})
     return out
 
 
@@ -326,6 +337,8 @@ def main(argv=None):
     parser.add_argument("--only", default="inference,md,scaling,training,startup")
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
     parser.add_argument("--systems", default="aspirin,cluster,water")
+    parser.add_argument("--archs", default="card,bundled", help="card: the mace-organics card config; bundled: the bundled model's")
+    parser.add_argument("--bundled-systems", default="hcno46,aspirin", help="inference systems for the bundled architecture")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--label", default="", help="tag for this run's rows (before/after an optimisation)")
     parser.add_argument("--mace-ase-src", default=None, help="directory with another mace_ase package to benchmark (before/after)")
@@ -364,11 +377,16 @@ def main(argv=None):
         run_worker("archive", memory_cap_gb=args.memory_cap, timeout_s=600, directory=tmp)
         common = dict(archive=str(archive), memory_cap_gb=args.memory_cap, source=args.mace_ase_src)
         if "inference" in sections:
-            for system in args.systems.split(","):
-                for dtype in args.dtypes.split(","):
-                    for impl in impls:
-                        r = run_worker("inference", impl=impl, system=system, dtype=dtype, timeout_s=900, **common)
-                        record("inference", impl=impl, system=system, dtype=dtype, **r)
+            archs = args.archs.split(",")
+            for arch in archs:
+                arch_systems = args.systems if arch == "card" else args.bundled_systems
+                archive_path = str(archive if arch == "card" else BUNDLED)
+                for system in arch_systems.split(","):
+                    for dtype in args.dtypes.split(","):
+                        for impl in impls:
+                            r = run_worker("inference", impl=impl, system=system, dtype=dtype, timeout_s=900, arch=arch,
+                                           **{**common, "archive": archive_path})
+                            record("inference", impl=impl, system=system, dtype=dtype, **({"arch": arch} if arch != "card" else {}), **r)
         if "startup" in sections and "mace-ase" in impls:
             cache = Path(tmp) / "jax-cache"
             for attempt in ("cold cache", "warm cache"):

@@ -1,4 +1,4 @@
-"""Benchmark structures: aspirin, a ~100-atom organic cluster, periodic water boxes at 1 g/cm^3."""
+"""Benchmark structures: aspirin, MLIPAudit's 46-atom molecule, a ~100-atom organic cluster, periodic water boxes at 1 g/cm^3."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def aspirin() -> Atoms:
     """rMD17 aspirin, test frame 0 (21 atoms)."""
     data = np.load(DATA / "rmd17" / "rmd17_aspirin_test_01.npz")
     return Atoms(numbers=data["nuclear_charges"], positions=data["coords"][0])
+
+
+def hcno46() -> Atoms:
+    """MLIPAudit's 46-atom drug-like molecule (C21H18N4O3, its stability and NVE benchmarks' input)."""
+    return read(DATA / "mlipaudit_inputs_0.1.8" / "stability" / "small_molecule_HCNO.xyz")
 
 
 def organic_cluster(target_atoms: int = 100, seed: int = 0, gap: float = 2.6) -> Atoms:
@@ -74,6 +79,7 @@ def water_box(per_side: int, seed: int = 0) -> Atoms:
 
 SYSTEMS = {
     "aspirin": aspirin,
+    "hcno46": hcno46,
     "cluster": organic_cluster,
     "water": lambda: water_box(7),  # 1,029 atoms
 }

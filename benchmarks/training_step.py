@@ -67,7 +67,6 @@ def _timed_steps(step, state, steps=6):
 def _mace_ase_step(archive, frames):
     import jax
 
-    import mace_ase.model.mace as mace_module
     from mace_ase.archive import load_archive
     from mace_ase.neighbours import structure_from_atoms
     from mace_ase.training.batching import BatchShape, make_batch
@@ -75,7 +74,6 @@ def _mace_ase_step(archive, frames):
     from mace_ase.training.optimizer import OptimizerSettings, make_optimizer
     from mace_ase.training.trainer import compiled_steps
 
-    mace_module.MESSAGE_CHUNK_BYTES = None  # as mace_ase.training.train() sets it for a force loss
     model = load_archive(archive)
     config = model.config
     structures = [structure_from_atoms(a, config.atomic_numbers, config.cutoff) for a, _, _ in frames]

@@ -116,8 +116,8 @@ def read_structure(path: Path, index: str, file_format: str | None):
     return frames[0]
 
 
-def check_output_format(path: Path) -> None:
-    """Refuse an output name ASE cannot write before any work is done."""
+def check_output_format(path: Path, frames: int = 1) -> str:
+    """The ASE format of an output name (from its extension); refused before any work is done."""
     import ase.io.formats
 
     try:
@@ -127,6 +127,9 @@ def check_output_format(path: Path) -> None:
     io = ase.io.formats.ioformats.get(name)
     if io is None or not io.can_write:
         raise click.ClickException(f"cannot write {path}: ASE has no writer for '{name}'; use e.g. .xyz")
+    if frames > 1 and io.single:
+        raise click.ClickException(f"cannot write {frames} frames to {path}: format {name} holds one; use .xyz or .traj")
+    return name
 
 
 def write_frames(path: Path, frames, file_format: str | None = None) -> None:

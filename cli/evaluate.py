@@ -6,6 +6,7 @@ import click
 import numpy as np
 
 from .common import (
+    check_output_format,
     default_output,
     existing_file,
     input_options,
@@ -27,6 +28,29 @@ def predict(calc, frames, batch_size: int) -> list[dict]:
             results += calc.calculate_batch(chunk, properties=("energy", "forces"))
             bar.update(len(chunk))
     return results
+
+
+def output_frames(frames, results, prefix: str, file_format: str) -> list:
+    """The frames to write: as read, plus the predictions where `file_format` can hold them.
+
+    Extended XYZ keeps everything: the labels stay as read and the predictions go under
+    <prefix>energy (info) and <prefix>forces (per atom). Other formats (ASE's .traj) keep no
+    free per-atom arrays: there the predictions are each frame's energy and forces (its
+    calculator results), and <prefix>energy is in info too.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    for atoms, result in zip(frames, results):
+        atoms.info[f"{prefix}energy"] = result["energy"]
+        atoms.arrays[f"{prefix}forces"] = result["forces"]
+    if file_format == "extxyz":
+        return frames
+    written = []
+    for atoms, result in zip(frames, results):
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=result["energy"], forces=result["forces"])
+        written.append(copy)
+    return written
 
 
 def error_metrics(frames, results, energy_key: str, forces_key: str) -> dict:
@@ -69,7 +93,8 @@ def print_metrics(metrics: dict, energy_key: str, forces_key: str) -> None:
 @input_options(default_index=":")
 @model_options
 @click.option("-o", "--output", type=new_file(), default=None,
-              help="Extended XYZ with the predictions. Default: <stem>-eval.xyz in the current folder.")
+              help="Predictions, in the format of the file name (.xyz: extended XYZ with labels and predictions; "
+                   ".traj: predictions as each frame's energy and forces). Default: <stem>-eval.xyz in the current folder.")
 @click.option("--energy-key", default="energy", show_default=True,
               help="Reference energy: a key of the frame's info, or of its calculator results.")
 @click.option("--forces-key", default="forces", show_default=True,
@@ -86,13 +111,10 @@ def evaluate(data, index, file_format, model, dtype, accept_license, output, ene
     """
     frames = read_frames(data, index, file_format)
     output = output or default_output(data, "-eval.xyz")
+    output_format = check_output_format(output, len(frames))
     calc = make_calculator(model, dtype, accept_license)
     results = predict(calc, frames, batch_size)
-
-    for atoms, result in zip(frames, results):
-        atoms.info[f"{prefix}energy"] = result["energy"]
-        atoms.arrays[f"{prefix}forces"] = result["forces"]
-    write_frames(output, frames, file_format="extxyz")
+    write_frames(output, output_frames(frames, results, prefix, output_format), file_format=output_format)
 
     metrics = error_metrics(frames, results, energy_key, forces_key)
     atoms_total = sum(len(a) for a in frames)

@@ -4,7 +4,9 @@ Errors are one line on stderr, `Error: ...`: exit status 2 for bad usage (a miss
 file, an invalid option), 1 for everything else (unknown model or element, unreadable
 file, licence not accepted). `relax` exits 3 when it did not converge and `md` 130 when
 stopped with Ctrl-C; both still write what they have. Unexpected exceptions are one line
-too, unless `mace-ase --debug ...` asks for the traceback.
+too. `mace-ase --debug ...` (or MACE_ASE_DEBUG=1) shows the traceback of every exception
+raised by mace-ase, ASE or JAX (named errors included); the checks the command line makes
+itself (a missing file, a bad option, an unreadable input) stay one line.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ def _explain(error: BaseException) -> str | None:
 def _licence_refusal(message: str) -> str:
     """The library's refusal (many lines: the licence summary, the ways to accept) as one CLI line."""
     first = message.splitlines()[0].removesuffix("Licence summary:").strip()
-    name = re.search(r"model '([^']+)'", first)
-    if name is None:
+    env = re.search(r"environment variable (MACE_ASE_ACCEPT_LICENSE=\S+)", message)
+    record = re.search(r"record it once for this user: (.*), saved in ", message)
+    if env is None or record is None:
         return f"{one_line(message)}; or add --accept-license"
-    name, terms = name.group(1), re.search(r"Full terms: (\S+)", message)
+    terms = re.search(r"Full terms: (\S+)", message)
     terms = f" Terms: {terms.group(1)}" if terms else ""
     return (
         f"{first} To accept it (non-commercial use only): add --accept-license to this command, "
-        f"set MACE_ASE_ACCEPT_LICENSE={name}, or record it once with `mace-ase fetch {name} --accept-license`.{terms}"
+        f"set {env.group(1)}, or record it once with {record.group(1)}.{terms}"
     )
 
 
@@ -58,10 +61,9 @@ class MaceAseGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as error:
+            if ctx.params.get("debug") or os.environ.get("MACE_ASE_DEBUG"):
+                raise  # the whole traceback, whatever the error
             message = _explain(error)
-            debug = ctx.params.get("debug") or os.environ.get("MACE_ASE_DEBUG")
-            if message is None and debug:
-                raise
             if message is None:
                 message = f"unexpected {type(error).__name__}: {one_line(error)} (rerun with `mace-ase --debug` for the traceback)"
             raise click.ClickException(message) from error
@@ -85,7 +87,7 @@ class MaceAseGroup(click.Group):
 
 
 @click.group(cls=MaceAseGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback of errors (and log at INFO level).")
 @click.version_option(package_name="mace-ase", prog_name="mace-ase")
 def main(debug: bool) -> None:
     """MACE interatomic potential (JAX) for ASE: relax, run MD, evaluate, manage weights.

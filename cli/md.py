@@ -82,14 +82,15 @@ def plot_energies(log: Path, png: Path) -> bool:
         data = np.loadtxt(log, ndmin=2)
     if len(data) == 0:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: pyplot and the caller's backend (a notebook's) stay untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     time, epot, ekin, etot, temperature = data.T
     reference = etot[0]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(time, etot - reference, label="Etot")
     top.plot(time, epot - reference, label="Epot")
     top.plot(time, ekin, label="Ekin (absolute)")
@@ -101,7 +102,6 @@ def plot_energies(log: Path, png: Path) -> bool:
     bottom.set_xlabel("time [ps]")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)
     return True
 
 

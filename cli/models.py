@@ -26,18 +26,32 @@ def _entry(name: str):
     return weights.REGISTRY[name]
 
 
+def _where(entry) -> str:
+    if entry.bundled:
+        return f"bundled with the package ({entry.filename})"
+    if entry.url:
+        return entry.url
+    pin = f" @ {entry.revision}" if entry.revision else ""
+    return f"huggingface.co/{entry.repo_id} {entry.filename}{pin}"
+
+
 @click.command()
 @click.argument("name")
 @click.option("--revision", default=None, help="A git revision of the Hugging Face repository (default: the pinned one).")
 @click.option("--accept-license", is_flag=True,
               help="Record that you accept this model's licence (in the config folder), so it loads without asking.")
-def fetch(name, revision, accept_license):
-    """Download the registered model NAME into the Hugging Face cache (a no-op when cached)."""
+@click.option("--force-download", is_flag=True, help="Download again, replacing the cached copy (a damaged one, say).")
+def fetch(name, revision, accept_license, force_download):
+    """Download the registered model NAME into its cache (a no-op when cached).
+
+    Hugging Face models go to the Hugging Face cache, the others to the mace-ase cache
+    (`mace-ase info` shows both folders).
+    """
     from mace_ase import weights
 
     entry = _entry(name)
-    click.echo(f"Fetching {name} ({entry.repo_id}/{entry.filename}) ...", err=True)
-    path = weights.fetch_model(name, revision=revision)
+    click.echo(f"Fetching {name} ({_where(entry)}) ...", err=True)
+    path = weights.fetch_model(name, revision=revision, force_download=force_download)
     if accept_license:
         recorded = weights.accept_license(name)
         click.echo(f"licence accepted, recorded in {recorded}", err=True)
@@ -50,11 +64,13 @@ def fetch(name, revision, accept_license):
     if not accepted and not entry.commercial_use:
         click.echo(
             f"To use it, accept the licence: `mace-ase fetch {name} --accept-license`, "
-            f"--accept-license on a command, or MACE_ASE_ACCEPT_LICENSE=1.", err=True,
+            f"--accept-license on a command, or MACE_ASE_ACCEPT_LICENSE={name}.", err=True,
         )
 
 
 def _registry_lines(status: list[dict], default: str | None) -> list[str]:
+    from mace_ase import weights
+
     lines = []
     for row in status:
         mark = " (default)" if row["name"] == default else ""
@@ -63,11 +79,7 @@ def _registry_lines(status: list[dict], default: str | None) -> list[str]:
         accepted = _acceptance(row.get("license_accepted"), bool(row.get("commercial_use")))
         lines.append(f"  {row['name']}{mark}")
         lines.append(f"      licence  {row['license']} ({use}; {accepted})")
-        if row.get("repo_id"):
-            pin = f" @ {row['revision']}" if row.get("revision") else ""
-            lines.append(f"      source   huggingface.co/{row['repo_id']} {row['filename']}{pin}")
-        else:
-            lines.append(f"      source   bundled with the package ({row['filename']})")
+        lines.append(f"      source   {_where(weights.REGISTRY[row['name']])}")
         lines.append(f"      file     {where}")
     return lines
 
@@ -89,6 +101,7 @@ def info():
     x64 = "on" if jax.config.jax_enable_x64 else "off"
     click.echo(f"precision      float32 by default (--dtype float64 per command; jax_enable_x64 {x64})")
     click.echo(f"HF cache       {weights.hf_cache_dir()}")
+    click.echo(f"model cache    {weights.cache_dir() / 'models'} (models not on Hugging Face)")
     click.echo(f"config folder  {weights.config_dir()}")
     click.echo(f"default model  {default or '-'}")
     click.echo("models:")

@@ -6,7 +6,7 @@ fields), then from flags, then from repeated ``--set name=value``; later wins.
     mace-ase train --config weights/train-default.json
     mace-ase train --train-file data.xyz --energy-key energy_xtb --forces-key forces_xtb --epochs 100
     mace-ase train --config run.toml --resume            # continue after a crash or a budget stop
-    mace-ase train --init-from mace-ase-small-xtb.zip --train-file mine.xyz   # fine-tune
+    mace-ase train --init-from mace-ase-small-xtb --train-file mine.xyz       # fine-tune (a name or a file)
 
 Data parallel: every device of ``jax.devices()`` trains (``--devices N`` picks the first N).
 Several hosts: start one process per host with the same options plus ``--coordinator
@@ -30,7 +30,7 @@ FLAGS = {
     "valid_fraction": (float, "Fraction of frames (or groups) held out for validation."),
     "group_key": (str, "Split whole groups by this info key, e.g. mol_name."),
     "seed": (int, "Seed of the split, the initial parameters and the shuffling."),
-    "init_from": (str, "Fine-tune this model archive (fixes the architecture and statistics)."),
+    "init_from": (str, "Fine-tune this model: a registered name or a model file (fixes the architecture and statistics)."),
     "num_channels": (int, "Channels."),
     "l_max": (int, "Highest spherical-harmonic degree."),
     "correlation": (int, "Correlation order."),
@@ -107,8 +107,10 @@ def _distributed_options(function):
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Any other option, e.g. --set warmup_steps=100 (JSON values).")
 @click.option("--resume", is_flag=True, help="Continue from output_dir/checkpoint.npz.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--accept-license", is_flag=True,
+              help="Accept the licence of a non-commercial --init-from model for this run (the result keeps that licence).")
 @_distributed_options
-def train_command(config_file, assignments, resume, quiet, distributed, coordinator, num_processes, process_id, **flags):
+def train_command(config_file, assignments, resume, quiet, accept_license, distributed, coordinator, num_processes, process_id, **flags):
     """Train (or fine-tune) a MACE model and export it as an archive."""
     multi = distributed or coordinator is not None or num_processes is not None or process_id is not None
     if multi:  # before anything touches JAX's backends
@@ -135,7 +137,8 @@ def train_command(config_file, assignments, resume, quiet, distributed, coordina
 
     primary = jax.process_index() == 0
     try:
-        summary = train(settings, resume=resume, progress=None if quiet or not primary else _progress(), log=click.echo)
+        summary = train(settings, resume=resume, progress=None if quiet or not primary else _progress(), log=click.echo,
+                        accept_license=True if accept_license else None)
     except Exception as error:
         from mace_ase.training.errors import ProcessLostError
 

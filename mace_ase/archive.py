@@ -140,6 +140,15 @@ def config_from_mlip(hyperparams: dict) -> MaceConfig:
 
 def config_to_mlip(config: MaceConfig) -> dict:
     """MaceConfig -> the ``config`` and ``dataset_info`` sections mlip expects."""
+    if config.activation_scale is not None:
+        raise UnsupportedConfigError(
+            f"activation_scale={config.activation_scale!r} has no place in an mlip archive "
+            "(mlip always uses e3nn-jax's normalisation)"
+        )
+    if config.avg_r_min is None and config.radial_scale != 1.0:
+        raise UnsupportedConfigError(
+            f"radial_scale={config.radial_scale!r} without avg_r_min has no place in an mlip archive"
+        )
     return {
         "config": {
             "num_layers": config.num_layers,
@@ -220,11 +229,17 @@ def load_archive(path: str | os.PathLike) -> MaceModel:
         )
     if hidden:
         config = config.replace(radial_mlp_hidden=hidden)
+    if stored.get("radial_scale") is not None:
+        # The constant this model was saved with (mlip recomputes it, in float32, on its XLA).
+        config = config.replace(radial_scale=float(stored["radial_scale"]))
     try:
         params = params_from_flat(config, flat)
     except (KeyError, ValueError) as error:
         raise ArchiveError(f"{path}: {error.args[0]}") from None
     metadata = {"mlip_version": hyperparams.get("version"), **metadata}
+    # The licence gate (mace_ase.weights.gate) recognises published files by name, also when
+    # a model read here is handed to MaceCalculator directly; the first name sticks through re-saves.
+    metadata.setdefault("source_file", Path(path).name)
     return MaceModel(config=config, params=params, metadata=metadata)
 
 
@@ -257,9 +272,14 @@ def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:
         archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
         archive.writestr(PARAMS, buffer.getvalue())
         metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", CONFIG_KEY)}
+        stored = {}
         if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
             # Not an mlip hyper-parameter (mlip fixes 64,64,64): kept where mlip does not look.
-            metadata[CONFIG_KEY] = {"radial_mlp_hidden": list(model.config.radial_mlp_hidden)}
+            stored["radial_mlp_hidden"] = list(model.config.radial_mlp_hidden)
+        if model.config.avg_r_min is not None:
+            stored["radial_scale"] = model.config.radial_scale  # fixed once, see MaceConfig
+        if stored:
+            metadata[CONFIG_KEY] = stored
         if metadata:
             archive.writestr(METADATA, json.dumps(metadata, indent=1))
     os.replace(tmp, path)

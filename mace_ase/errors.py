@@ -7,6 +7,8 @@ fits it, so ``except ValueError`` keeps working for users who expect that.
 
 from __future__ import annotations
 
+from ase.calculators.calculator import PropertyNotImplementedError
+
 
 class MaceAseError(Exception):
     """Base class: a problem with the user's input, model or environment, explained."""
@@ -28,6 +30,18 @@ class InvalidStructureError(MaceAseError, ValueError):
     """A structure the model cannot evaluate: empty, NaN/inf positions, overlapping atoms, bad cell."""
 
 
+class StressNotAvailableError(InvalidStructureError, PropertyNotImplementedError):
+    """Stress asked of a structure that is not fully periodic (ASE tools catch PropertyNotImplementedError)."""
+
+
+class StructureTooLargeError(MaceAseError, MemoryError):
+    """A structure (or batch) that does not fit in memory; the message names its size and what to do."""
+
+
+class InvalidOptionError(MaceAseError, TypeError, ValueError):
+    """An unknown option name (a typo) or an option value out of range."""
+
+
 class LicenseNotAcceptedError(MaceAseError, PermissionError):
     """A model with a restrictive licence was loaded without accepting the licence."""
 
@@ -38,3 +52,11 @@ class ModelNotFoundError(MaceAseError, LookupError):
 
 class DownloadError(MaceAseError, ConnectionError):
     """The network (or the Hugging Face Hub) could not be reached; the message says what to do instead."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or cached model file whose sha256 is not the published one."""
+
+
+class LicenseRelabelError(MaceAseError, ValueError):
+    """A model derived from a licence-restricted one was asked to carry another licence."""

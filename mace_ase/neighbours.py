@@ -1,9 +1,15 @@
 """Neighbour lists (matscipy) and their packing into padded, fixed-shape graphs.
 
-The compiled model sees arrays whose shapes are capacities, not sizes: a
-structure with 21 atoms and 380 edges runs in a graph built for, say, 32 nodes
-and 512 edges. Capacities only grow, in steps, so an MD run or an
-optimisation compiles a handful of times at most.
+The compiled model sees arrays whose shapes are size buckets, not sizes: a
+structure with 21 atoms and 380 edges runs in a graph of 24 nodes and 392
+edges, the smallest rungs of a geometric ladder (x1.25) that hold it. The
+bucket depends on the structure alone, so one geometry always meets the same
+compiled program, and an MD run whose edge count wanders across a rung uses
+two programs at most.
+
+Edges come in one canonical order (by receiver, sender, image shift), whichever
+list produced them, so the same geometry gives bit-identical results after
+any history.
 """
 
 from __future__ import annotations
@@ -15,10 +21,8 @@ from typing import Sequence
 import numpy as np
 from matscipy.neighbours import neighbour_list
 
-from .errors import InvalidStructureError, UnknownElementError
+from .errors import InvalidStructureError, StructureTooLargeError, UnknownElementError
 from .model.graph import Graph
-
-
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,30 @@ class Edges:
     shifts: np.ndarray
 
 
+def _close_gaps(coordinates: np.ndarray, cutoff: float) -> np.ndarray:
+    """Shift coordinates along one free axis so that no empty gap is wider than cutoff + 1.
+
+    Atoms on either side of a gap wider than the cutoff cannot be neighbours, and
+    stay more than cutoff apart after the shift; pairs on one side keep their
+    vectors. A molecule with a far-away fragment thus gets a small grid.
+    """
+    order = np.argsort(coordinates)
+    gaps = np.diff(coordinates[order])
+    excess = np.maximum(gaps - (cutoff + 1.0), 0.0)
+    if not excess.any():
+        return np.zeros_like(coordinates)
+    shift = np.empty_like(coordinates)
+    shift[order] = -np.concatenate([[0.0], np.cumsum(excess)])
+    return shift
+
+
 def _bounding_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
     """A non-singular cell for matscipy, keeping the periodic lattice vectors.
 
     Each non-periodic direction gets a vector orthogonal to the periodic ones,
     long enough to hold every atom (plus the cutoff) so that no fake image
-    appears; positions are shifted into it, which leaves all r_ij unchanged.
+    appears; positions are shifted into it (empty gaps wider than the cutoff
+    closed up), which leaves every pair within the cutoff unchanged.
     """
     periodic = [cell[k] for k in range(3) if pbc[k]]
     if periodic:
@@ -44,41 +66,78 @@ def _bounding_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cut
     else:
         free = list(np.eye(3))
     new_cell = np.array(cell, dtype=float)
-    origin = np.zeros(3)
+    positions = np.array(positions, dtype=float)
     for k in range(3):
         if pbc[k]:
             continue
         direction = free.pop(0)
         projections = positions @ direction
-        extent = projections.max() - projections.min() if len(positions) else 0.0
+        shift = _close_gaps(projections, cutoff)
+        projections = projections + shift
+        positions += np.outer(shift - projections.min() + cutoff + 0.5, direction)
+        extent = projections.max() - projections.min()
         new_cell[k] = direction * (extent + 2.0 * cutoff + 1.0)
-        origin -= direction * (projections.min() - cutoff - 0.5 if len(positions) else 0.0)
-    return new_cell, positions + origin
+    return new_cell, positions
+
+
+# Lists are built this far beyond the radius asked for, so that every pair at the cutoff is
+# decided by the caller's own length test (the same for a fresh list and a skin list), not
+# by matscipy's rounding.
+LIST_MARGIN = 1e-6  # Å
+
+# Grid cells matscipy may allocate for a periodic cell before we refuse: ~8 bytes each, and
+# it slows to seconds long before that (a small molecule in a 4,000 Å box takes 1.4 s).
+MAX_GRID_CELLS = 50_000_000
+
+
+def canonical_order(edges: Edges) -> Edges:
+    """Edges sorted by receiver, then sender, then image shift: one order for one set of pairs."""
+    S = edges.shifts
+    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], edges.senders, edges.receivers))
+    return Edges(edges.senders[order], edges.receivers[order], edges.shifts[order])
 
 
 def neighbour_edges(positions, cell, pbc, cutoff: float) -> Edges:
-    """All directed pairs closer than `cutoff`, periodic images included, no self-pairs."""
+    """All directed pairs closer than `cutoff`, periodic images included, no self-pairs, in canonical order."""
     positions = np.asarray(positions, dtype=float)
     cell = np.asarray(cell, dtype=float).reshape(3, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if not pbc.all():
         cell, positions = _bounding_cell(positions, cell, pbc, cutoff)
-    i, j, S = neighbour_list("ijS", positions=positions, cell=cell, pbc=pbc, cutoff=cutoff)
-    return Edges(i.astype(np.int32), j.astype(np.int32), S.astype(np.int32))
+    heights = 1.0 / np.maximum(np.linalg.norm(np.linalg.inv(cell).T, axis=1), 1e-300)  # lattice-plane spacings
+    grid = float(np.prod(np.maximum(heights / cutoff, 1.0)))
+    if grid > MAX_GRID_CELLS:
+        raise StructureTooLargeError(
+            f"the cell ({' x '.join(f'{h:.4g}' for h in heights)} Å between lattice planes, pbc={pbc.tolist()}) "
+            f"would need a neighbour grid of ~{grid:.2g} cells of {cutoff:g} Å for {len(positions)} atoms; "
+            "a periodic cell mostly filled with vacuum: shrink it, or set pbc=False along the empty directions"
+        )
+    try:
+        i, j, S = neighbour_list("ijS", positions=positions, cell=cell, pbc=pbc, cutoff=cutoff)
+    except MemoryError as error:
+        raise StructureTooLargeError(
+            f"the neighbour list of {len(positions)} atoms (cell {np.round(heights, 3).tolist()} Å between lattice "
+            f"planes, cutoff {cutoff:g} Å) does not fit in memory ({error}); split the structure or shrink the cell"
+        ) from None
+    return canonical_order(Edges(i.astype(np.int32), j.astype(np.int32), S.astype(np.int32)))
 
 
 def species_indices(numbers, atomic_numbers: Sequence[int]) -> np.ndarray:
     """Atomic numbers -> indices into the model's element list; unknown ones are named."""
-    from ase.data import chemical_symbols
+    numbers = np.asarray(numbers, dtype=np.int64)
+    lookup = np.full(max(max(atomic_numbers), int(numbers.max(initial=0))) + 1, -1, np.int32)
+    lookup[list(atomic_numbers)] = np.arange(len(atomic_numbers), dtype=np.int32)
+    species = lookup[np.clip(numbers, 0, None)]
+    if (species < 0).any() or (numbers < 0).any():
+        from ase.data import chemical_symbols
 
-    lookup = {z: k for k, z in enumerate(atomic_numbers)}
-    unknown = sorted({int(z) for z in numbers} - set(lookup))
-    if unknown:
+        unknown = sorted({int(z) for z in numbers[(species < 0) | (numbers < 0)]})
+        names = [chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}" for z in unknown]
         raise UnknownElementError(
-            f"element(s) {', '.join(chemical_symbols[z] for z in unknown)} not supported by this model; "
+            f"element(s) {', '.join(names)} not supported by this model; "
             f"it knows {' '.join(chemical_symbols[z] for z in atomic_numbers)}"
         )
-    return np.array([lookup[int(z)] for z in numbers], dtype=np.int32)
+    return species
 
 
 # --------------------------------------------------------------------------
@@ -86,13 +145,20 @@ def species_indices(numbers, atomic_numbers: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def grown_capacity(needed: int, current: int = 0, factor: float = 1.25, minimum: int = 8) -> int:
-    """The capacity to use for `needed` items: keep `current` if it fits, else grow by `factor`."""
-    if needed <= current and current >= minimum:
-        return current
-    target = max(minimum, math.ceil(needed * factor))
-    # Round up to a multiple of 8 so that nearby sizes share a shape.
-    return int(math.ceil(target / 8) * 8)
+BUCKET_RATIO = 1.25
+
+
+def size_bucket(needed: int, ratio: float = BUCKET_RATIO, minimum: int = 8) -> int:
+    """The smallest rung of the ladder ceil8(minimum * ratio^k), k = 0, 1, ..., that holds `needed`.
+
+    A function of `needed` alone: a structure's padded shape never depends on what was
+    evaluated before it. Rungs are multiples of 8, so at most 25 % (plus 7) is padding.
+    """
+    rung, k = 0, 0
+    while rung < needed:
+        rung = 8 * math.ceil(minimum * ratio**k / 8)
+        k += 1
+    return max(rung, 8 * math.ceil(minimum / 8))
 
 
 @dataclass(frozen=True)
@@ -224,7 +290,8 @@ class VerletList:
     Reuse is exact as long as no atom moved more than skin / 2 since the list
     was built (two atoms then approached by less than skin) and the cell,
     atomic numbers and pbc are unchanged. Pairs that are listed but lie beyond
-    the cutoff must be dropped by the caller (the calculator does it on the host).
+    the cutoff must be dropped by the caller (the calculator does it on the host);
+    the edges are in canonical order, so the kept ones are too.
     skin = 0 rebuilds whenever anything moved.
     """
 
@@ -244,7 +311,7 @@ class VerletList:
             moved = np.max(np.sum((positions - self._reference) ** 2, axis=1))
             if moved <= (0.5 * self.skin) ** 2:
                 return self.edges, False
-        self.edges = neighbour_edges(positions, cell, pbc, self.cutoff + self.skin)
+        self.edges = neighbour_edges(positions, cell, pbc, self.cutoff + self.skin + LIST_MARGIN)
         self._key, self._reference = key, positions.copy()
         self.builds += 1
         return self.edges, True

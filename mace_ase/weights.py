@@ -1,25 +1,33 @@
-"""Model resolution: a name, a path or a loaded model -> MaceModel.
+"""Model resolution and the licence gate: a name, a path or a loaded model -> a usable MaceModel.
 
 This is the single entry point the calculator, the CLI and training use:
 
-    load_model()                    # the default model shipped inside the package
-    load_model("mace-organics")     # a registered name: downloaded once from Hugging Face, then cached
-    load_model("path/to/model.zip") # any mace-ase / mlip archive
-    load_model(model)               # a MaceModel is returned as it is
+    load_model()                          # the default model shipped inside the package
+    load_model("mace-organics")           # a registered name: downloaded once (Hugging Face or HTTPS), then cached
+    load_model("path/to/model.zip")       # any model file mace-ase reads
+    load_model(model)                     # a MaceModel: checked by the same gate, then returned
 
-Every model carries licence metadata (its registry entry, or the ``license``
-key of an archive's metadata). A model whose licence does not allow commercial
-use is loaded only once its licence is accepted, by one of:
+Every model carries licence metadata (its registry entry, the ``license`` and
+``commercial_use`` keys of an archive's metadata, or the registered file it was read
+from). A model whose licence does not allow commercial use is usable only once that
+licence is accepted, by one of:
 
-* ``accept_license=True`` (``load_model``, ``MaceCalculator``);
+* ``accept_license=True`` (``load_model``, ``MaceCalculator``, ``training.train``);
 * the environment variable ``MACE_ASE_ACCEPT_LICENSE`` (comma-separated model names, or ``all``);
 * an acceptance recorded with ``accept_license(name)`` (``mace-ase fetch NAME --accept-license``)
   in ``config_dir()/licenses.json``.
 
-Downloads go through ``huggingface_hub`` and its cache; ``HF_ENDPOINT``,
-``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are honoured when they are
-set, also after import. Nothing here imports JAX until a model is loaded, so
-listing and fetching models stay fast.
+The gate (``gate``) is the one check: ``load_model`` runs it on whatever it loads and on a
+MaceModel handed to it, and everything that makes a model usable (``MaceCalculator``,
+fine-tuning, the CLI) goes through ``load_model``. Models made from a restricted one
+(fine-tuned, converted, exported) carry its licence: ``derived_metadata`` gives their
+licence fields and refuses another label (``LicenseRelabelError``).
+
+Hugging Face models go through ``huggingface_hub`` and its cache (``HF_ENDPOINT``,
+``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` are read at each call); models
+published elsewhere are fetched over HTTPS into ``cache_dir()/models`` (``mace_ase.download``).
+``HF_HUB_OFFLINE=1`` or ``MACE_ASE_OFFLINE=1`` keeps both off the network. Nothing here
+imports JAX until a model is read, so listing and fetching models stay fast.
 """
 
 from __future__ import annotations
@@ -30,17 +38,27 @@ import json
 import os
 import re
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ArchiveError, DownloadError, LicenseNotAcceptedError, ModelNotFoundError
+from .errors import (
+    ArchiveError,
+    ChecksumError,
+    DownloadError,
+    LicenseNotAcceptedError,
+    LicenseRelabelError,
+    ModelNotFoundError,
+)
 
 if TYPE_CHECKING:
     from .archive import MaceModel
 
 ENV_ACCEPT = "MACE_ASE_ACCEPT_LICENSE"
 ENV_CONFIG_DIR = "MACE_ASE_CONFIG_DIR"
+ENV_CACHE_DIR = "MACE_ASE_CACHE_DIR"
+ENV_OFFLINE = "MACE_ASE_OFFLINE"
 LICENSES_FILE = "licenses.json"
 BUNDLED_PACKAGE = "mace_ase.bundled"
 HUB_URL = "https://huggingface.co"
@@ -51,14 +69,17 @@ class ModelEntry:
     """One registered model: where its file lives and under which licence."""
 
     name: str
-    repo_id: str | None  # Hugging Face repository; None for a bundled model
+    repo_id: str | None  # Hugging Face repository; None for a bundled or direct-download model
     filename: str
     revision: str | None  # branch, tag or commit to pin; None: the repository's main branch
-    license: str  # short id, e.g. "MIT", "InstaDeep non-commercial"
+    license: str  # short id, e.g. "MIT", "InstaDeep non-commercial", "ASL"
     license_summary: str  # shown by the licence gate
     commercial_use: bool  # False: the licence must be accepted before the model loads
     description: str
     bundled: bool = False  # shipped inside the wheel (package mace_ase.bundled)
+    url: str | None = None  # direct HTTPS download, for models not on the Hugging Face Hub
+    sha256: str | None = None  # of the file at `url`; None where no checksum is published
+    license_url: str | None = None  # the full terms
     repo_type: str = "model"  # Hugging Face repository type: "model", or "dataset" (DATASETS)
 
     @property
@@ -78,15 +99,41 @@ derivative model that is commercial or intended for a Commercial Purpose and is 
 for Non-Commercial Purposes and open-sourced under the same license as the Licensed Models; or
    4. in violation of any applicable laws and regulations."""
 
-DEFAULT_MODEL = "mace-ase-small-xtb"
+ASL = "ASL"
+ASL_URL = "https://github.com/gabor1/ASL"
+_ASL_SUMMARY = """\
+Academic Software Licence (ASL) v1.0, in short:
+1. The rights are granted for academic non-commercial use only: academic research or other not-for-profit \
+scholarly work at an educational, non-profit, charitable or governmental institution, not aimed at products, \
+services for a fee or commercial advantage. Any other use is commercial and needs a licence from the licensor.
+2. Like the GPLv2 it is reciprocal: a work derived from the model that you distribute must be licensed as a \
+whole under the ASL, with its notices kept.
+3. No warranty."""
+_MIT_SUMMARY = "MIT licence: any use, commercial included, provided the copyright notice is kept."
 
-# Adding a model is one line here.
+DEFAULT_MODEL = "mace-ase-small-xtb"
+_MACE_MP = "https://github.com/ACEsuit/mace-mp/releases/download"
+_MACE_OFF = "https://raw.githubusercontent.com/ACEsuit/mace-off/main/mace_off23"
+
+
+def _asl(name: str, url: str, description: str) -> ModelEntry:
+    return ModelEntry(name, None, url.rsplit("/", 1)[1], None, ASL, _ASL_SUMMARY, False, description,
+                      url=url, license_url=ASL_URL)
+
+
+def _mit(name: str, url: str, description: str) -> ModelEntry:
+    return ModelEntry(name, None, url.rsplit("/", 1)[1], None, "MIT", _MIT_SUMMARY, True, description,
+                      url=url, license_url="https://github.com/ACEsuit/mace-foundations")
+
+
+# Adding a model is one entry here. The mace-torch foundation models (URLs as mace-torch 0.3.16's
+# foundations_models.py gives them) have no published sha256: sha256=None until one is known;
+# each download prints the digest it got.
 REGISTRY: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry(
-            DEFAULT_MODEL, None, "mace-ase-small-xtb.zip", None, "MIT",
-            "MIT licence: any use, commercial included, provided the copyright notice is kept.", True,
+            DEFAULT_MODEL, None, "mace-ase-small-xtb.zip", None, "MIT", _MIT_SUMMARY, True,
             "Small MACE trained by the mace-ase project on xTB energies and forces; shipped with the package, "
             "the default model", bundled=True,
         ),
@@ -94,7 +141,23 @@ REGISTRY: dict[str, ModelEntry] = {
             "mace-organics", "InstaDeepAI/mace-organics", "mace_organics_01.zip", None,
             "InstaDeep non-commercial", _ORGANICS_SUMMARY, False,
             "InstaDeep's MACE (2 layers, 128 channels, l_max 3, cutoff 5 Å) trained on SPICE2-curated organic molecules",
+            license_url=f"{HUB_URL}/InstaDeepAI/mace-organics",
         ),
+        _asl("mace-off23-small", f"{_MACE_OFF}/MACE-OFF23_small.model", "MACE-OFF23 small: organic molecules (SPICE), 10 elements"),
+        _asl("mace-off23-medium", f"{_MACE_OFF}/MACE-OFF23_medium.model", "MACE-OFF23 medium: organic molecules (SPICE), 10 elements"),
+        _asl("mace-off23-large", f"{_MACE_OFF}/MACE-OFF23_large.model", "MACE-OFF23 large: organic molecules (SPICE), 10 elements"),
+        _mit("mace-mp-0-small", f"{_MACE_MP}/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
+             "MACE-MP-0 (0a) small: materials (MPtrj), 89 elements"),
+        _mit("mace-mp-0-medium", f"{_MACE_MP}/mace_mp_0/2023-12-03-mace-128-L1_epoch-199.model",
+             "MACE-MP-0 (0a) medium: materials (MPtrj), 89 elements"),
+        _mit("mace-mp-0b3-medium", f"{_MACE_MP}/mace_mp_0b3/mace-mp-0b3-medium.model",
+             "MACE-MP-0b3 medium: materials (MPtrj), 89 elements, ZBL and density normalisation"),
+        _mit("mace-mpa-0-medium", f"{_MACE_MP}/mace_mpa_0/mace-mpa-0-medium.model",
+             "MACE-MPA-0 medium: materials (MPtrj + sAlex), 89 elements"),
+        _asl("mace-omat-0-small", f"{_MACE_MP}/mace_omat_0/mace-omat-0-small.model",
+             "MACE-OMAT-0 small: materials (OMat24), 89 elements"),
+        _asl("mace-omat-0-medium", f"{_MACE_MP}/mace_omat_0/mace-omat-0-medium.model",
+             "MACE-OMAT-0 medium: materials (OMat24), 89 elements"),
     )
 }
 
@@ -123,85 +186,73 @@ def load_model(
     accept_license: bool | None = None,
     revision: str | None = None,
     local_files_only: bool | None = None,
+    head: str | None = None,
 ) -> "MaceModel":
-    """Resolve `spec` into a loaded model.
+    """Resolve `spec` into a model that has passed the licence gate.
 
     spec: None (the bundled default, ``DEFAULT_MODEL``), a registered name (``REGISTRY``),
-        a path to an archive, or a MaceModel (returned as it is). A string that is a
-        registered name is a name, otherwise a path.
+        a path to a model file, or a MaceModel (checked by the gate, then returned as it is).
+        A string that is a registered name is a name, otherwise a path.
     accept_license: True accepts a non-commercial licence for this load. None or False:
         rely on ``MACE_ASE_ACCEPT_LICENSE`` or an acceptance recorded with ``accept_license(name)``.
-    revision: a branch, tag or commit of the Hugging Face repository (registered names only);
+    revision: a branch, tag or commit of the Hugging Face repository (registered Hub models only);
         overrides the registry's pin.
-    local_files_only: never use the network, only the Hugging Face cache. None: True when
-        ``HF_HUB_OFFLINE`` is set.
+    local_files_only: never use the network, only the caches. None: True when
+        ``HF_HUB_OFFLINE`` or ``MACE_ASE_OFFLINE`` is set.
+    head: the head to keep from a multi-head model file (files only; None: the reader's default).
     """
     from .archive import MaceModel
 
     if isinstance(spec, MaceModel):
-        return spec
+        if head is not None:
+            raise TypeError("head= selects a head while reading a model file; this model is already loaded")
+        return gate(spec, accept_license=accept_license)
     if spec is None:
         spec = DEFAULT_MODEL
     if isinstance(spec, str) and spec in REGISTRY:
-        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only)
+        return _load_registered(REGISTRY[spec], accept_license, revision, local_files_only, head)
     if isinstance(spec, (str, os.PathLike)):
-        return _load_path(Path(spec), accept_license)
+        path = Path(spec)
+        if not path.exists():
+            raise ModelNotFoundError(_not_found_message(path))
+        return gate(_read(path, head), accept_license=accept_license)
     raise TypeError(f"model must be None, a name, a path or a MaceModel, not {type(spec).__name__}")
 
 
-def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only) -> "MaceModel":
+def _load_registered(entry: ModelEntry, accept: bool | None, revision, local_files_only, head=None) -> "MaceModel":
     _license_gate(entry, accept)  # before downloading a model the user may not be allowed to use
     if entry.bundled:
         path = _bundled_file(entry)
-        model = _read(path)
+        model = _read(path, head)
     else:
         path = fetch_model(entry.name, revision=revision, local_files_only=local_files_only)
-        model = _read_cached(path, entry)
-    # The archive's own licence metadata may be stricter than the registry's.
-    stricter = _entry_from_metadata(model.metadata, path, default_name=entry.name)
-    if stricter is not None and stricter.license != entry.license:
-        _license_gate(stricter, accept)
-    model.metadata.setdefault("name", entry.name)
-    model.metadata.setdefault("license", entry.license)
-    model.metadata.setdefault("commercial_use", entry.commercial_use)
+        model = _read_cached(path, entry, head)
     model.metadata["source"] = _source(entry, revision)
-    _announce(stricter or entry)
-    return model
+    return gate(model, accept_license=accept, entry=entry)
 
 
-def _load_path(path: Path, accept: bool | None) -> "MaceModel":
-    if not path.exists():
-        raise ModelNotFoundError(_not_found_message(path))
-    model = _read(path)
-    known = _entry_for_file(path)
-    if known is not None and not known.commercial_use:
-        restricted = known  # e.g. a downloaded mace_organics_01.zip passed as a path
-    else:
-        restricted = _entry_from_metadata(model.metadata, path)
-    if restricted is not None:
-        _license_gate(restricted, accept)
-        _announce(restricted)
-    if known is not None:
-        model.metadata.setdefault("name", known.name)
-        model.metadata.setdefault("license", known.license)
-        model.metadata.setdefault("commercial_use", known.commercial_use)
-    return model
-
-
-def _read(path: Path) -> "MaceModel":
+def _read(path: Path, head: str | None = None) -> "MaceModel":
+    """Any model file mace-ase reads (``archive.load_archive`` detects the format)."""
     from .archive import load_archive
 
-    return load_archive(path)
+    model = load_archive(path) if head is None else load_archive(path, head=head)
+    model.metadata.setdefault("source_file", path.name)  # recognised by the gate (registered files)
+    return model
 
 
-def _read_cached(path: Path, entry: ModelEntry) -> "MaceModel":
-    """Load a file from the Hugging Face cache; a damaged copy says how to replace it."""
+def _read_cached(path: Path, entry: ModelEntry, head: str | None = None) -> "MaceModel":
+    """Load a downloaded file; a damaged copy says how to replace it."""
     try:
-        return _read(path)
+        return _read(path, head)
     except ArchiveError as error:
-        command = f"hf download {entry.repo_id} {entry.filename} --force-download"
+        if entry.url is not None:
+            where = f"the mace-ase cache ({path})"
+            command = f"mace-ase fetch {entry.name} --force-download"
+        else:
+            where = f"the Hugging Face cache ({path.resolve()})"
+            command = f"hf download {entry.repo_id} {entry.filename} --force-download"
         raise ArchiveError(
-            f"{error}. This is the copy of '{entry.name}' in the Hugging Face cache ({path.resolve()}): "
+            f"{error}. This is the copy of '{entry.name}' in {where}: "
             f"re-download it with mace_ase.weights.fetch_model({entry.name!r}, force_download=True) "
             f"or `{command}`, or delete that file and load the model again"
         ) from None
@@ -211,17 +262,17 @@ def _not_found_message(path: Path) -> str:
     text = str(path)
     known = ", ".join(REGISTRY)
     if os.sep in text or "/" in text or path.suffix:
-        return f"no model archive at {text} (file not found); registered model names: {known}"
+        return f"no model file at {text} (file not found); registered model names: {known}"
     return (
         f"unknown model {text!r}: not a registered name ({known}) and no file of that name exists; "
-        "pass a registered name or the path to a model archive"
+        "pass a registered name or the path to a model file"
     )
 
 
-def _entry_for_file(path: Path) -> ModelEntry | None:
+def _entry_for_file(filename: str | None) -> ModelEntry | None:
     """The registry entry whose published file this is (by file name), if any."""
     for entry in REGISTRY.values():
-        if entry.repo_id is not None and entry.filename == path.name:
+        if filename and not entry.bundled and entry.filename == filename:
             return entry
     return None
 
@@ -229,7 +280,97 @@ def _entry_for_file(path: Path) -> ModelEntry | None:
 def _source(entry: ModelEntry, revision: str | None) -> str:
     if entry.bundled:
         return f"bundled:{entry.filename}"
+    if entry.url is not None:
+        return entry.url
     return f"hf://{entry.repo_id}/{entry.filename}@{revision or entry.revision or 'main'}"
+
+
+# ------------------------------------------------------------------ the licence gate
+
+# Models that passed the gate in this process (by identity, so that a model loaded with
+# accept_license=True can then be handed to MaceCalculator without accepting again).
+_cleared: "weakref.WeakValueDictionary[int, MaceModel]" = weakref.WeakValueDictionary()
+
+
+def gate(model: "MaceModel", accept_license: bool | None = None, *, entry: ModelEntry | None = None) -> "MaceModel":
+    """The licence gate: return `model` if its licence allows use, else raise LicenseNotAcceptedError.
+
+    The terms come from the registry entry it was loaded by (`entry`), the registered file it
+    was read from (``metadata["source_file"]``) and its own metadata (``license``,
+    ``commercial_use``, ``derived_from``); each restriction found must be accepted. A model
+    that passes carries its licence in its metadata, so that whatever is saved from it keeps it.
+    """
+    if _cleared.get(id(model)) is model:
+        return model
+    metadata = model.metadata
+    terms = _restrictions(metadata, entry)
+    also = tuple(name for name in _as_list(metadata.get("derived_from")) if name)
+    for restricted in terms:
+        _license_gate(restricted, accept_license, also)
+    label = entry or _entry_for_file(metadata.get("source_file"))
+    if label is not None:
+        metadata.setdefault("name", label.name)
+        metadata.setdefault("license", label.license)
+        metadata.setdefault("commercial_use", label.commercial_use)
+    if terms:
+        metadata["license"] = terms[0].license
+        metadata["commercial_use"] = False
+        metadata.setdefault("license_summary", terms[0].license_summary)
+        for restricted in terms:
+            _announce(restricted)
+    _cleared[id(model)] = model
+    return model
+
+
+def _restrictions(metadata: dict, entry: ModelEntry | None = None) -> list[ModelEntry]:
+    """The non-commercial terms that apply to a model: registry entry, registered file, metadata."""
+    found: list[ModelEntry] = []
+    if entry is not None and not entry.commercial_use:
+        found.append(entry)
+    by_file = _entry_for_file(metadata.get("source_file"))
+    if by_file is not None and not by_file.commercial_use and by_file not in found:
+        found.append(by_file)
+    default_name = entry.name if entry is not None else (by_file.name if by_file is not None else None)
+    declared = _entry_from_metadata(metadata, default_name=default_name)
+    if declared is not None and all(declared.license != known.license for known in found):
+        found.append(declared)
+    return found
+
+
+def derived_metadata(source: "MaceModel", license: str | None = None) -> dict:
+    """Licence fields for a model made from `source` (fine-tuned, converted, exported).
+
+    A source whose licence forbids commercial use passes that licence on (``license``,
+    ``commercial_use: false``, ``license_summary``, and ``derived_from``: the names whose
+    acceptance also covers the new model); asking for another `license` raises
+    LicenseRelabelError. A source without such a restriction: `license` if given, else the
+    source's own licence (MIT when it declares none).
+    """
+    metadata = source.metadata
+    name = metadata.get("name") or metadata.get("source_file") or "the source model"
+    terms = _restrictions(metadata)
+    if not terms:
+        return {"license": license or metadata.get("license") or "MIT", "derived_from": [name]}
+    strictest = terms[0]  # the registry's terms first, then the file's, then the metadata's
+    if license is not None and license != strictest.license:
+        raise LicenseRelabelError(
+            f"'{name}' is licensed under the {strictest.license} licence, which does not allow commercial use, "
+            f"and a model derived from it (fine-tuned, converted or exported) keeps that licence: it cannot be "
+            f"labelled {license!r}. Leave the licence unset (the derived model inherits {strictest.license!r})"
+        )
+    lineage = [*_as_list(metadata.get("derived_from")), name, *(t.name for t in terms)]
+    return {
+        "license": strictest.license,
+        "commercial_use": False,
+        "license_summary": metadata.get("license_summary") or strictest.license_summary,
+        "derived_from": list(dict.fromkeys(lineage)),  # ordered, unique
+    }
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 # ------------------------------------------------------------------ bundled default
@@ -254,7 +395,7 @@ def _bundled_file(entry: ModelEntry) -> Path:
     return Path(str(resource))
 
 
-# ------------------------------------------------------------------ Hugging Face
+# ------------------------------------------------------------------ downloads
 
 
 def fetch_model(
@@ -264,20 +405,31 @@ def fetch_model(
     local_files_only: bool | None = None,
     force_download: bool = False,
 ) -> Path:
-    """The local file of a registered model: downloaded into the Hugging Face cache, or found there.
+    """The local file of a registered model: downloaded into its cache, or found there.
 
-    A bundled model's file is returned without any download. ``force_download`` replaces a
-    cached copy (a damaged one, say).
+    Hugging Face models go to the Hugging Face cache; models with a direct URL to
+    ``cache_dir()/models`` (checksum-verified where a sha256 is registered). A bundled
+    model's file is returned without any download. ``force_download`` replaces a cached
+    copy (a damaged one, say).
     """
     entry = _entry(name)
     if entry.bundled:
         return _bundled_file(entry)
+    offline = _offline(local_files_only)
+    if entry.url is not None:
+        if revision is not None:
+            raise ModelNotFoundError(
+                f"model '{name}' is downloaded from {entry.url}, which has no revisions (those are for Hugging Face models)"
+            )
+        return _fetch_url(entry, offline, force_download)
     if entry.repo_id is None:
-        raise ModelNotFoundError(f"registered model '{name}' has neither a repository nor a bundled file")
+        raise ModelNotFoundError(f"registered model '{name}' has neither a repository, a URL nor a bundled file")
+    return _fetch_hub(entry, revision or entry.revision, offline, force_download)
+
+
+def _fetch_hub(entry: ModelEntry, revision: str | None, offline: bool, force_download: bool) -> Path:
     from huggingface_hub import hf_hub_download
 
-    revision = revision or entry.revision
-    offline = _offline(local_files_only)
     if offline and not force_download:
         # Straight from the cache folder: hf_hub_download would still build request headers,
         # which can make huggingface_hub look something up on the Hub.
@@ -310,6 +462,93 @@ def fetch_dataset(name: str, *, revision: str | None = None, local_files_only: b
     return fetch_model(name, revision=revision, local_files_only=local_files_only, force_download=force_download)
 
 
+def cache_dir() -> Path:
+    """Where directly downloaded models go: $MACE_ASE_CACHE_DIR, else $XDG_CACHE_HOME/mace-ase, else ~/.cache/mace-ase."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "mace-ase"
+    return Path.home() / ".cache" / "mace-ase"
+
+
+def _url_cache_path(entry: ModelEntry) -> Path:
+    return cache_dir() / "models" / entry.filename
+
+
+def _fetch_url(entry: ModelEntry, offline: bool, force_download: bool) -> Path:
+    """A model published at a URL (not on the Hub): the cached copy, or a verified download."""
+    from . import download
+
+    target = _url_cache_path(entry)
+    if target.exists() and not force_download:
+        _verify_cached(entry, target)
+        return target
+    if offline:
+        raise DownloadError(
+            f"model '{entry.name}' is not in the mace-ase cache ({target}) and downloads are disabled "
+            f"({ENV_OFFLINE}, HF_HUB_OFFLINE or local_files_only). Download it once with network access "
+            f"(`mace-ase fetch {entry.name}`), or {_manual_url(entry, target)}"
+        )
+    print(f"mace-ase: downloading model '{entry.name}' from {entry.url} ...", file=sys.stderr)
+    try:
+        path, digest = download.download(entry.url, target, sha256=entry.sha256, force=force_download)
+    except ChecksumError as error:
+        raise ChecksumError(f"model '{entry.name}': {error}") from None
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(
+            f"model '{entry.name}': {error}; the model may have moved: look for it on "
+            f"{entry.license_url or entry.url} and pass the downloaded file's path"
+        ) from None
+    except DownloadError as error:
+        raise DownloadError(
+            f"could not download model '{entry.name}': {error}. Try again (an interrupted transfer resumes), "
+            f"or on a machine with internet access {_manual_url(entry, target)}. "
+            f"Set {ENV_OFFLINE}=1 to use the cache without trying the network"
+        ) from None
+    _record_digest(target, digest)
+    if entry.sha256 is None:
+        print(
+            f"mace-ase: '{entry.name}' has no published sha256 to check against; the file downloaded has "
+            f"sha256 {digest} ({path})",
+            file=sys.stderr,
+        )
+    return path
+
+
+def _manual_url(entry: ModelEntry, target: Path) -> str:
+    return f"download {entry.url} and pass the file's path (model='/path/to/{entry.filename}'), or copy it to {target}"
+
+
+def _digest_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _record_digest(target: Path, digest: str) -> None:
+    from .fileio import atomic_write
+
+    atomic_write(_digest_file(target), digest + "\n")
+
+
+def _verify_cached(entry: ModelEntry, target: Path) -> None:
+    """A registered sha256 is checked once per cached file (its digest is kept beside it)."""
+    if entry.sha256 is None:
+        return
+    from .download import file_sha256
+
+    recorded = _digest_file(target)
+    known = recorded.read_text().strip() if recorded.exists() else None
+    if known is not None and known == entry.sha256.lower() and recorded.stat().st_mtime >= target.stat().st_mtime:
+        return
+    digest = file_sha256(target)
+    if digest != entry.sha256.lower():
+        raise ChecksumError(
+            f"model '{entry.name}': the cached file {target} has sha256 {digest}, not the published "
+            f"{entry.sha256.lower()}; delete it, or re-download it with "
+            f"mace_ase.weights.fetch_model({entry.name!r}, force_download=True) or `mace-ase fetch {entry.name} --force-download`"
+        )
+    _record_digest(target, digest)
+
+
 def _entry(name: str) -> ModelEntry:
     try:
         return REGISTRY[name] if name in REGISTRY else DATASETS[name]
@@ -326,7 +565,7 @@ def _offline(local_files_only: bool | None) -> bool:
         return bool(local_files_only)
     from huggingface_hub import constants
 
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or bool(constants.HF_HUB_OFFLINE)
+    return _truthy(os.environ.get(ENV_OFFLINE)) or _truthy(os.environ.get("HF_HUB_OFFLINE")) or bool(constants.HF_HUB_OFFLINE)
 
 
 def _hub_endpoint() -> str | None:
@@ -417,7 +656,7 @@ def _cached_file(entry: ModelEntry, revision: str | None) -> Path | None:
 def _offline_miss(entry: ModelEntry, revision: str | None) -> DownloadError:
     return DownloadError(
         f"{entry.kind} '{entry.name}' is not in the Hugging Face cache ({hf_cache_dir()}) and downloads are "
-        f"disabled (HF_HUB_OFFLINE or local_files_only). Download it once with network access and "
+        f"disabled (HF_HUB_OFFLINE, MACE_ASE_OFFLINE or local_files_only). Download it once with network access and "
         f"HF_HUB_OFFLINE unset ({_fetch_hint(entry)}), or download {_manual_download(entry, revision)} "
         "and pass the file's path"
     )
@@ -476,20 +715,24 @@ def _recorded() -> dict:
 
 
 def accept_license(name: str) -> Path:
-    """Record that the user accepts the licence of model `name`; returns the licences file."""
+    """Record that the user accepts the licence of model `name`; returns the licences file.
+
+    A read-modify-write under a lock, written atomically: two processes accepting different
+    licences at once both end up recorded.
+    """
+    from .fileio import atomic_write, file_lock
+
     if not name or "," in name or name.strip() != name:
         raise ValueError(f"invalid model name {name!r}")
     entry = REGISTRY.get(name)
-    accepted = _recorded()
-    accepted[name] = {
-        "license": entry.license if entry else None,
-        "accepted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
     path = _licenses_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"accepted": accepted}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with file_lock(path.with_name(path.name + ".lock"), what=str(path)):
+        accepted = _recorded()
+        accepted[name] = {
+            "license": entry.license if entry else None,
+            "accepted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write(path, json.dumps({"accepted": accepted}, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -514,10 +757,14 @@ def license_accepted(name: str) -> bool:
 _announced: set[str] = set()
 
 
-def _license_gate(entry: ModelEntry, accept: bool | None) -> None:
-    """Refuse a non-commercial model whose licence was not accepted."""
-    if not entry.commercial_use and not (accept or license_accepted(entry.name)):
-        raise LicenseNotAcceptedError(_refusal(entry))
+def _license_gate(entry: ModelEntry, accept: bool | None, also: tuple[str, ...] = ()) -> None:
+    """Refuse a non-commercial model whose licence was not accepted.
+
+    also: other names whose acceptance covers this model (the models it was derived from).
+    """
+    if entry.commercial_use or accept or any(license_accepted(name) for name in (entry.name, *also)):
+        return
+    raise LicenseNotAcceptedError(_refusal(entry, also))
 
 
 def _announce(entry: ModelEntry) -> None:
@@ -531,16 +778,20 @@ def _announce(entry: ModelEntry) -> None:
         )
 
 
-def _refusal(entry: ModelEntry) -> str:
-    terms = f"\nFull terms: {HUB_URL}/{entry.repo_id}" if entry.repo_id else ""
+def _refusal(entry: ModelEntry, also: tuple[str, ...] = ()) -> str:
+    where = entry.license_url or (f"{HUB_URL}/{entry.repo_id}" if entry.repo_id else None)
+    terms = f"\nFull terms: {where}" if where else ""
+    origin = f" (derived from {', '.join(repr(n) for n in also)}, whose licence it keeps)" if also else ""
+    names = ",".join((entry.name, *also))
+    recordable = next((n for n in (entry.name, *also) if n in REGISTRY), entry.name)
     return (
-        f"model '{entry.name}' is licensed under the {entry.license} licence, which does not allow commercial use; "
-        f"you must accept it before the model loads. Licence summary:\n{_indent(entry.license_summary)}{terms}\n"
+        f"model '{entry.name}'{origin} is licensed under the {entry.license} licence, which does not allow commercial "
+        f"use; you must accept it before the model loads. Licence summary:\n{_indent(entry.license_summary)}{terms}\n"
         "To accept it (for non-commercial use only), do one of:\n"
         f"  1. pass accept_license=True (load_model(..., accept_license=True), "
         f"MaceCalculator(..., accept_license=True));\n"
-        f"  2. set the environment variable {ENV_ACCEPT}={entry.name} (comma-separated names, or 'all');\n"
-        f"  3. record it once for this user: {_record_hint(entry.name)}, saved in {_licenses_path()}"
+        f"  2. set the environment variable {ENV_ACCEPT}={names if also else entry.name} (comma-separated names, or 'all');\n"
+        f"  3. record it once for this user: {_record_hint(recordable)}, saved in {_licenses_path()}"
     )
 
 
@@ -555,12 +806,12 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def _entry_from_metadata(metadata: dict, path: Path, default_name: str | None = None) -> ModelEntry | None:
-    """The licence terms an archive declares, if they forbid commercial use; else None.
+def _entry_from_metadata(metadata: dict, default_name: str | None = None) -> ModelEntry | None:
+    """The licence terms a model's metadata declares, if they forbid commercial use; else None.
 
     Non-commercial means ``commercial_use: false`` in the metadata, or a ``license`` that
     says non-commercial (or NC, as in CC-BY-NC-4.0), or the licence of a registered model
-    that forbids it.
+    that forbids it (e.g. "ASL").
     """
     license_id = metadata.get("license")
     registered = next((e for e in REGISTRY.values() if license_id and e.license == license_id), None)
@@ -573,17 +824,19 @@ def _entry_from_metadata(metadata: dict, path: Path, default_name: str | None = 
     )
     if not restricted:
         return None
-    name = default_name or str(metadata.get("name") or path.stem)
+    source_file = str(metadata.get("source_file") or "model")
+    name = default_name or str(metadata.get("name") or Path(source_file).stem)
     summary = metadata.get("license_summary") or (registered.license_summary if registered else None)
     return ModelEntry(
         name=name,
         repo_id=None,
-        filename=path.name,
+        filename=source_file,
         revision=None,
         license=str(license_id or "non-commercial"),
         license_summary=summary or f"{license_id or 'This licence'}: no commercial use (see the model's documentation).",
         commercial_use=False,
-        description=f"archive {path}",
+        description=f"model file {source_file}",
+        license_url=registered.license_url if registered else None,
     )
 
 
@@ -593,7 +846,7 @@ def _entry_from_metadata(metadata: dict, path: Path, default_name: str | None = 
 def models_status() -> list[dict]:
     """One row per registered model, from local state only (never the network).
 
-    path: the bundled file or the copy in the Hugging Face cache, None if absent.
+    path: the bundled file or the copy in a cache, None if absent.
     license_accepted: None where the licence needs no acceptance.
     """
     rows = []
@@ -602,6 +855,8 @@ def models_status() -> list[dict]:
             {
                 "name": entry.name,
                 "repo_id": entry.repo_id,
+                "url": entry.url,
+                "sha256": entry.sha256,
                 "filename": entry.filename,
                 "revision": entry.revision,
                 "license": entry.license,
@@ -616,6 +871,9 @@ def models_status() -> list[dict]:
 
 
 def _local_path(entry: ModelEntry) -> str | None:
+    if entry.url is not None:  # no checksum pass over large files just to list them
+        target = _url_cache_path(entry)
+        return str(target) if target.exists() else None
     try:
         return str(fetch_model(entry.name, local_files_only=True))  # never the network
     except (ModelNotFoundError, DownloadError):

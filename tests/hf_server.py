@@ -10,6 +10,9 @@ It answers what ``huggingface_hub.hf_hub_download`` asks, the way the Hub does f
   ``Content-Length``.
 
 Every request is logged in ``hub.requests`` as (method, path).
+
+``FileServer`` is a plain HTTP file server (with Range requests and failure modes) for the
+models that are published as direct downloads rather than on the Hub.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class LocalHub:
 
     @property
     def storage_url(self) -> str:
-        return f"http://127.0.0.1:{self._storage.server_address[1]}"
+        # Another host name than the Hub's (as the real CDN is): no client version follows it as a same-host redirect.
+        return f"http://localhost:{self._storage.server_address[1]}"
 
     def stop(self) -> None:
         for server in (self._hub, self._storage):
@@ -148,3 +152,80 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+class FileServer:
+    """Plain HTTP file server on 127.0.0.1 for direct (non-Hub) model downloads, with failure modes.
+
+    ``files[path] = bytes`` serves GET/HEAD with Content-Length and Range support (206).
+    Per path, ``truncate[path] = n`` closes the connection after n bytes of the body (once),
+    ``html`` answers with a web page, ``delay_s`` slows each 4 KiB block (to overlap clients).
+    Every request is logged in ``requests`` as (method, path, Range header or None).
+    """
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.truncate: dict[str, int] = {}
+        self.html: set[str] = set()
+        self.delay_s = 0.0
+        self.requests: list[tuple[str, str, str | None]] = []
+        server = self
+
+        class Handler(_Quiet):
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def _answer(self, body: bool):
+                import time
+
+                path = unquote(self.path.split("?")[0])
+                rng = self.headers.get("Range")
+                server.requests.append((self.command, path, rng))
+                if path in server.html:
+                    page = b"<html><body>Not here</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    return self.wfile.write(page) if body else None
+                data = server.files.get(path)
+                if data is None:
+                    return self._send(404, {"Content-Type": "text/plain"}, b"Not Found", body)
+                start, status = 0, 200
+                if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                    start, status = int(rng[6:-1]), 206
+                    if start >= len(data):
+                        return self._send(416, {"Content-Range": f"bytes */{len(data)}"}, b"", body)
+                payload = data[start:]
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if not body:
+                    return
+                cut = server.truncate.pop(path, None)
+                if cut is not None:
+                    payload = payload[:cut]
+                for offset in range(0, len(payload), 4096):
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+                    self.wfile.write(payload[offset:offset + 4096])
+                if cut is not None:
+                    self.wfile.flush()
+                    self.close_connection = True
+
+        self._server = LocalHub._serve(Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

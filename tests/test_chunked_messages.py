@@ -1,7 +1,7 @@
 """Chunked message passing (a rematerialised scan over edge chunks) equals the one-shot sum.
 
 The chunked path is what inference runs (it keeps memory O(nodes)); the one-shot path
-(MESSAGE_CHUNK_BYTES = None) is what force-loss training runs. They are two different
+(message_chunk_bytes=None) is what force-loss training runs. They are two different
 programs for the same sum, so each checks the other: energies, forces, stress, and a
 Hessian-vector product (a second derivative through the scan), in float64.
 """
@@ -35,28 +35,26 @@ def setup():
     return model.config, model.params, graph  # NumPy float64: made into JAX arrays under the test's x64
 
 
-def _evaluate(config, params, graph, chunk_bytes, monkeypatch):
-    monkeypatch.setattr(mace, "MESSAGE_CHUNK_BYTES", chunk_bytes)
-
+def _evaluate(config, params, graph, chunk_bytes):
     def energy(positions):
-        return jnp.sum(node_energies(params, config, graph, positions, graph.cells))
+        return jnp.sum(node_energies(params, config, graph, positions, graph.cells, message_chunk_bytes=chunk_bytes))
 
-    out = energy_forces_stress(params, config, graph, compute_stress=True)
+    out = energy_forces_stress(params, config, graph, compute_stress=True, message_chunk_bytes=chunk_bytes)
     direction = jnp.asarray(np.random.default_rng(0).normal(size=graph.positions.shape))
     _, hvp = jax.jvp(jax.grad(energy), (graph.positions,), (direction,))
     return {k: np.asarray(out[k]) for k in ("energy", "forces", "stress")} | {"hvp": np.asarray(hvp)}
 
 
-def test_chunked_equals_one_shot(setup, monkeypatch):
+def test_chunked_equals_one_shot(setup):
     config, params, graph = setup
     num_edges = graph.senders.shape[0]
     slots = mace.message_plan(config, 1)[2]
     bytes_per_edge = config.num_channels * slots * 8
     # At most 7 edges per chunk in the second layer: many equal chunks, padded at the end.
-    chunked = _evaluate(config, params, graph, 7 * bytes_per_edge, monkeypatch)
-    num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge)
+    chunked = _evaluate(config, params, graph, 7 * bytes_per_edge)
+    num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge, 7 * bytes_per_edge)
     assert num_chunks > 3 and num_chunks * chunk > num_edges
-    one_shot = _evaluate(config, params, graph, None, monkeypatch)
+    one_shot = _evaluate(config, params, graph, None)
     assert abs(one_shot["energy"][0]) > 1e-3  # a real number, not a vanishing one
     np.testing.assert_allclose(chunked["energy"], one_shot["energy"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(chunked["forces"], one_shot["forces"], rtol=0, atol=1e-12)
@@ -66,17 +64,32 @@ def test_chunked_equals_one_shot(setup, monkeypatch):
     assert np.abs(one_shot["forces"]).max() > 1e-4
 
 
-def test_edge_chunks_are_equal_and_barely_padded(monkeypatch):
-    monkeypatch.setattr(mace, "MESSAGE_CHUNK_BYTES", 100)
+def test_edge_chunks_are_equal_and_barely_padded():
     for num_edges in (1, 9, 10, 11, 99, 100, 101, 416):
         for bytes_per_edge in (1, 7, 10, 50, 100, 1000):
-            num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge)
+            num_chunks, chunk = mace.edge_chunks(num_edges, bytes_per_edge, 100)
             limit = max(1, 100 // bytes_per_edge)
             assert chunk <= max(limit, 1) or num_chunks == 1 and chunk == num_edges <= limit
             assert num_chunks == -(-num_edges // limit)  # the fewest chunks that fit
             assert 0 <= num_chunks * chunk - num_edges < num_chunks  # padding under one edge per chunk
-    monkeypatch.setattr(mace, "MESSAGE_CHUNK_BYTES", None)
-    assert mace.edge_chunks(416, 10**6) == (1, 416)
+    assert mace.edge_chunks(416, 10**6, None) == (1, 416)
+
+
+def test_chunk_size_is_part_of_the_compiled_program(setup):
+    """Two chunk sizes under one jit are two programs (the argument is static, not a global read at trace time)."""
+    config, params, graph = setup
+    traces = []
+
+    def energy(params, graph, chunk_bytes):
+        traces.append(chunk_bytes)
+        return energy_forces_stress(params, config, graph, False, message_chunk_bytes=chunk_bytes)["energy"]
+
+    evaluate = jax.jit(energy, static_argnums=2)
+    small = 3 * config.num_channels * mace.message_plan(config, 1)[2] * 8
+    chunked, one_shot, again = evaluate(params, graph, small), evaluate(params, graph, None), evaluate(params, graph, small)
+    assert traces == [small, None]  # the third call reused the first program
+    np.testing.assert_allclose(chunked, one_shot, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(chunked, again)
 
 
 def test_message_plan_matches_path_layout(setup):

@@ -257,6 +257,29 @@ def test_eval_reads_labels_from_the_calculator_results(workdir):
     assert ase.io.read(workdir / "plain-eval.xyz", ":")[2].arrays["MACE_forces"].shape == (21, 3)
 
 
+def test_eval_writes_the_format_the_extension_says(workdir):
+    """-o pred.traj is an ASE trajectory whose frames carry the predictions; -o pred.xyz extended XYZ.
+
+    (The predictions themselves are checked against direct calculator calls above.)
+    """
+    npz = np.load(shared_data("rmd17", "rmd17_aspirin_test_01.npz"))  # the frames (shapes) of the test above
+    frames = [ase.Atoms(numbers=npz["nuclear_charges"], positions=npz["coords"][k]) for k in range(3)]
+    ase.io.write(workdir / "three.xyz", frames)
+    cli("eval", "three.xyz", "--model", MODEL, "-o", "pred.traj")
+    cli("eval", "three.xyz", "--model", MODEL, "-o", "pred.xyz")
+    assert (workdir / "pred.traj").read_bytes()[:8] == b"- of Ulm"  # ASE's trajectory format, not text
+    assert (workdir / "pred.xyz").read_text().startswith("21\n")
+    traj, xyz = ase.io.read(workdir / "pred.traj", ":"), ase.io.read(workdir / "pred.xyz", ":")
+    assert len(traj) == len(xyz) == 3
+    for atoms, text in zip(traj, xyz):
+        np.testing.assert_allclose(atoms.positions, text.positions, atol=1e-7)
+        assert atoms.get_potential_energy() == pytest.approx(text.info["MACE_energy"], abs=1e-6)
+        assert atoms.info["MACE_energy"] == atoms.get_potential_energy()
+        np.testing.assert_allclose(atoms.get_forces(), text.arrays["MACE_forces"], atol=1e-6)
+    assert traj[0].get_potential_energy() != pytest.approx(traj[1].get_potential_energy(), abs=1e-3)
+    assert_one_line_error(cli("eval", "three.xyz", "--model", MODEL, "-o", "pred.vasp", expect=1), "3 frames", "pred.vasp")
+
+
 # ----------------------------------------------------------------- errors
 
 
@@ -287,6 +310,45 @@ def test_unexpected_errors_are_one_line_unless_debug(workdir, monkeypatch):
     assert_one_line_error(cli("relax", ASPIRIN, expect=1), "unexpected RuntimeError: boom", "--debug")
     debug = CliRunner().invoke(main, ["--debug", "relax", str(ASPIRIN)])
     assert isinstance(debug.exception, RuntimeError) and debug.exit_code == 1
+
+
+def test_debug_shows_the_traceback_of_named_errors_too(workdir):
+    """README: `mace-ase --debug ...` shows the traceback, also for MaceAseError and OSError."""
+    from mace_ase.errors import ModelNotFoundError
+
+    assert_one_line_error(cli("eval", ASPIRIN, "--model", "no-such-model", expect=1), "no-such-model")
+    debug = CliRunner().invoke(main, ["--debug", "eval", str(ASPIRIN), "--model", "no-such-model"])
+    assert isinstance(debug.exception, ModelNotFoundError) and debug.exit_code == 1
+    script = Path(sys.executable).with_name("mace-ase")
+    run = subprocess.run([str(script), "--debug", "info", "--no-such-option"], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr  # click's own usage errors stay one line
+    env = {**os.environ, "MACE_ASE_CONFIG_DIR": str(workdir / "missing" / "config")}
+    (workdir / "missing").write_text("a file where a folder is needed")
+    run = subprocess.run([str(script), "--debug", "fetch", "mace-ase-small-xtb", "--accept-license"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1 and "Traceback" in run.stderr and "NotADirectoryError" in run.stderr
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """md and training draw with Figure + FigureCanvasAgg: a notebook's backend stays as it was."""
+    import matplotlib
+
+    from mace_ase.cli.md import plot_energies
+    from mace_ase.training.metrics import plot_metrics
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        (tmp_path / "md.log").write_text("# header\n# columns\n0 -1 0.1 -0.9 300\n0.005 -1.05 0.15 -0.9 310\n")
+        assert plot_energies(tmp_path / "md.log", tmp_path / "md.png")
+        row = {"epoch": 0, "train_loss": 1.0, "valid_energy_per_atom_mae_meV": 2.0, "valid_energy_per_atom_rmse_meV": 3.0,
+               "valid_forces_mae_meV_A": 4.0, "valid_forces_rmse_meV_A": 5.0}
+        plot_metrics([row, {**row, "epoch": 1}], tmp_path / "metrics.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    for png in ("md.png", "metrics.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------- fetch / info
@@ -371,8 +433,18 @@ def run_example(name: str, *args, monkeypatch, capsys) -> str:
 
 
 def test_example_relax(workdir, monkeypatch, capsys):
+    from mace_ase.calculator import MaceCalculator
+
     out = run_example("relax.py", "--steps", 5, monkeypatch=monkeypatch, capsys=capsys)
-    assert "final energy" in out and len(ase.io.read(workdir / "aspirin-relaxed.xyz")) == 21
+    initial = float(re.search(r"initial energy (\S+) eV", out).group(1))
+    final = float(re.search(r"final energy (\S+) eV", out).group(1))
+    relaxed = ase.io.read(workdir / "aspirin-relaxed.xyz")
+    relaxed.calc = MaceCalculator(MODEL)  # the printed energy is the written structure's
+    assert relaxed.get_potential_energy() == pytest.approx(final, abs=2e-4)
+    start = ase.io.read(ASPIRIN)
+    start.calc = relaxed.calc
+    assert start.get_potential_energy() == pytest.approx(initial, abs=2e-4)
+    assert final < initial - 0.05  # five BFGS steps went downhill
 
 
 def test_example_md(workdir, monkeypatch, capsys):

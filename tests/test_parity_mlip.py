@@ -39,10 +39,12 @@ from mace_ase.model import energy_forces_stress  # noqa: E402
 from mace_ase.model.params import parameter_layout  # noqa: E402
 from mace_ase.neighbours import pad_graph, structure_from_atoms  # noqa: E402
 
-TOLERANCES = {  # |ΔE| per atom (eV), max |ΔF| (eV/Å), max |Δσ| (eV/Å^3)
-    "float64": (1e-9, 1e-8, 1e-10),
-    "float32": (1e-5, 1e-4, 1e-6),
-}
+# float64: mace-ase and mlip agree to roundoff: |ΔE| per atom (eV), max |ΔF| (eV/Å), max |Δσ| (eV/Å^3).
+FLOAT64_TOLERANCES = (1e-11, 1e-10, 1e-12)
+# float32 against the float64 reference, relative to what float32 can resolve: |ΔE| over
+# |E - E0| (the interaction energy; E0 is exact in any precision), max |ΔF| over max |F| (these
+# weights make forces of 100+ eV/Å), max |Δσ| over max |σ|. Measured: 8e-7, 3e-6, <1e-6.
+FLOAT32_RELATIVE_TOLERANCES = (2e-6, 1e-5, 1e-5)
 
 MEASURED: dict = {}  # filled by the tests; printed at the end with -s (for the README numbers)
 
@@ -97,6 +99,13 @@ def _differences(results, reference, structures):
     return de, df
 
 
+def _relative_differences(results, reference, structures, e0):
+    de = max(abs(r["energy"] - e["energy"]) / abs(e["energy"] - sum(e0[z] for z in a.numbers))
+             for r, e, a in zip(results, reference, structures))
+    df = max(np.abs(r["forces"] - e["forces"]).max() / np.abs(e["forces"]).max() for r, e in zip(results, reference))
+    return de, df
+
+
 def test_reference_model_is_not_trivial(card, systems, reference):
     """The weights make a steep energy surface, and the test structures hold all ten elements."""
     molecules = systems["molecules"]
@@ -109,21 +118,27 @@ def test_reference_model_is_not_trivial(card, systems, reference):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_card_model_matches_mlip(card, systems, reference, dtype):
+def test_card_model_matches_mlip(card, systems, reference, e0, dtype):
     mace = _mace_ase(card[2], systems, dtype)
-    e_tol, f_tol, s_tol = TOLERANCES[dtype]
+    e_tol, f_tol, s_tol = FLOAT64_TOLERANCES if dtype == "float64" else FLOAT32_RELATIVE_TOLERANCES
     aspirin = slice(0, 5)
     for name, structures, results, expected in [
         ("aspirin", systems["molecules"][aspirin], mace["molecules"][aspirin], reference["molecules"][aspirin]),
         ("druglike", systems["molecules"][5:], mace["molecules"][5:], reference["molecules"][5:]),
         ("water64", [systems["water"]], mace["water"], reference["water"]),
     ]:
-        de, df = _differences(results, expected, structures)
+        if dtype == "float64":
+            de, df = _differences(results, expected, structures)
+        else:
+            de, df = _relative_differences(results, expected, structures, e0)
         MEASURED[(name, dtype)] = (de, df)
         assert de <= e_tol, (name, dtype, de)
         assert df <= f_tol, (name, dtype, df)
     # mlip's stress is dE/dstrain / V with the same (ASE) sign convention.
-    ds = np.abs(mace["water"][0]["stress"] - reference["water"][0]["stress"]).max()
+    expected_stress = reference["water"][0]["stress"]
+    ds = np.abs(mace["water"][0]["stress"] - expected_stress).max()
+    if dtype == "float32":
+        ds /= np.abs(expected_stress).max()
     MEASURED[("water64 stress", dtype)] = (ds,)
     assert ds <= s_tol, (dtype, ds)
 
@@ -226,7 +241,7 @@ def test_small_configurations_match_mlip(variant, e0, systems, tmp_path):
     de, df = _differences(results, expected, structures)
     MEASURED[(variant, "float64")] = (de, df)
     assert max(np.abs(e["forces"]).max() for e in expected) > 0.1
-    assert de <= TOLERANCES["float64"][0] and df <= TOLERANCES["float64"][1], (de, df)
+    assert de <= FLOAT64_TOLERANCES[0] and df <= FLOAT64_TOLERANCES[1], (de, df)
 
 
 @pytest.mark.parametrize("name, value", [("gate_nodes", True), ("species_embedding_dim", 4)])

@@ -53,13 +53,6 @@ def test_tiny_run_learns_and_swaps_weights(reference_run):
     assert summary["epochs_completed"] == EPOCHS and not summary["stopped_early"]
 
 
-def test_training_leaves_inference_message_chunking_as_it_was(reference_run):
-    """train() runs unchunked (a force loss is a second derivative) but restores the setting."""
-    from mace_ase.model import mace
-
-    assert mace.MESSAGE_CHUNK_BYTES == 2 * 2**20
-
-
 def test_ema_is_the_bias_corrected_average(reference_run):
     _, summary = reference_run
     raw, ema = jax.tree.leaves(summary["params"]), jax.tree.leaves(summary["ema_params"])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import huggingface_hub.constants as hf_constants
-from conftest import REPO, small_model
+from conftest import REPO, shared_data, small_model
 from hf_server import LocalHub, closed_port_url
 from mace_ase import weights
 from mace_ase.archive import load_archive, save_archive
@@ -29,6 +29,7 @@ from mace_ase.errors import (
     ArchiveError,
     DownloadError,
     LicenseNotAcceptedError,
+    LicenseRelabelError,
     ModelNotFoundError,
     UnsupportedConfigError,
 )
@@ -83,11 +84,12 @@ def isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv(weights.ENV_CONFIG_DIR, str(tmp_path / "config"))
-    # huggingface_hub read these at import; nothing may go to huggingface.co or the user's folders.
+    # huggingface_hub read these environment variables at import (its public `constants` module):
+    # nothing may go to huggingface.co or the user's folders, and no telemetry (user-agent look-ups).
     _point_hf_constants(monkeypatch, closed_port_url())
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
-    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / "agents.json"))
     monkeypatch.setattr(weights, "_announced", set())
     monkeypatch.setitem(weights.REGISTRY, NC, NC_ENTRY)
     monkeypatch.setitem(weights.REGISTRY, MIT, MIT_ENTRY)
@@ -295,9 +297,8 @@ def test_downloaded_file_recognised_by_registry_filename(tmp_path, archives):
 
 
 def test_server_down(isolated, monkeypatch, capsys):
-    import huggingface_hub.utils._http as hf_http
-
-    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # huggingface_hub's retry back-off
+    # huggingface_hub retries a failed connection five times with back-off (about 23 s of sleeping).
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     start = time.perf_counter()
     with pytest.raises(DownloadError) as caught:
@@ -324,9 +325,6 @@ def test_missing_file(hub, monkeypatch):
 
 
 def test_offline_with_empty_cache(hub, monkeypatch):
-    import huggingface_hub.utils._detect_agent as hf_agent
-
-    monkeypatch.setattr(hf_agent, "_registry", None)  # huggingface_hub would fetch this from the Hub once
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DownloadError, match="not in the Hugging Face cache .* downloads are disabled"):
         load_model(NC, accept_license=True)
@@ -371,7 +369,7 @@ def test_unknown_names_and_missing_paths():
     assert all(name in str(caught.value) for name in ("mace-organics", "mace-ase-small-xtb", "path"))
     with pytest.raises(ModelNotFoundError, match="unknown model name 'no-such-model'.*mace-organics"):
         weights.fetch_model("no-such-model")
-    with pytest.raises(ModelNotFoundError, match="no model archive at some/where.zip"):
+    with pytest.raises(ModelNotFoundError, match="no model file at some/where.zip"):
         load_model("some/where.zip")
     with pytest.raises(TypeError):
         load_model(3.5)
@@ -416,13 +414,18 @@ def test_bundled_default_loads_placeholder_in_tests_only(monkeypatch, tmp_path, 
     assert row["path"] == str(tmp_path / "mace-ase-small-xtb.zip")
 
 
-def test_shipped_default_if_present_is_real_and_matches_registry():
+def test_installed_default_is_the_tracked_model():
+    """The bundled file that load_model() reads is byte for byte the repository's weights/ file."""
+    import hashlib
+
     entry = weights.REGISTRY[weights.DEFAULT_MODEL]
-    path = REPO / "weights" / entry.filename
-    assert path.exists(), f"the bundled default model {path} is missing from the repository"
+    tracked = REPO / "weights" / entry.filename
+    assert tracked.exists(), f"the bundled default model {tracked} is missing from the repository"
+    installed = weights.fetch_model(weights.DEFAULT_MODEL)
+    assert hashlib.sha256(installed.read_bytes()).hexdigest() == hashlib.sha256(tracked.read_bytes()).hexdigest()
     model = load_model(None)
-    assert "placeholder" not in json.dumps(model.metadata).lower()
-    assert model.metadata.get("license", entry.license) == entry.license
+    assert model.metadata["name"] == entry.name and model.metadata["license"] == entry.license == "MIT"
+    assert model.config == load_archive(tracked).config
 
 
 def _with_metadata(archive: bytes, **metadata) -> bytes:
@@ -441,3 +444,129 @@ def _with_metadata(archive: bytes, **metadata) -> bytes:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# ------------------------------------------------------------------ one gate for every way in
+
+
+def test_calculator_on_a_model_read_directly_is_gated(archives, tmp_path, monkeypatch):
+    """MaceCalculator(load_archive(path)): the gate reads the model's metadata and its file name."""
+    from mace_ase.calculator import MaceCalculator
+
+    declared = load_archive(_write(tmp_path / "declared.zip", archives["good"]))  # metadata: non-commercial
+    published = load_archive(_write(tmp_path / NC_ENTRY.filename, _with_metadata(archives["mit"])))  # no metadata
+    for model in (declared, published):
+        with pytest.raises(LicenseNotAcceptedError, match="Test non-commercial"):
+            MaceCalculator(model)
+        assert MaceCalculator(model, accept_license=True).model is model
+        assert model.metadata["license"] == "Test non-commercial" and model.metadata["commercial_use"] is False
+    # Accepted once (load_model), usable afterwards without accepting again; a copy saved from it stays gated.
+    cleared = load_model(tmp_path / "declared.zip", accept_license=True)
+    assert MaceCalculator(cleared).model is cleared
+    saved = save_archive(published, tmp_path / "renamed.zip")
+    with pytest.raises(LicenseNotAcceptedError, match=NC):
+        load_model(saved)
+    assert load_model(_write(tmp_path / "mit.zip", archives["mit"])).metadata["license"] == "MIT"
+
+
+def test_derived_model_keeps_the_licence(archives, tmp_path):
+    gated = load_model(_write(tmp_path / "nc.zip", archives["good"]), accept_license=True)
+    derived = weights.derived_metadata(gated)
+    assert derived == {
+        "license": "Test non-commercial", "commercial_use": False,
+        "license_summary": NC_ENTRY.license_summary, "derived_from": [NC],
+    }
+    assert weights.derived_metadata(gated, "Test non-commercial")["license"] == "Test non-commercial"
+    for label in ("MIT", "Apache-2.0"):
+        with pytest.raises(LicenseRelabelError, match=f"cannot be labelled '{label}'"):
+            weights.derived_metadata(gated, label)
+    free = load_model(_write(tmp_path / "mit.zip", archives["mit"]))
+    assert weights.derived_metadata(free, "Apache-2.0") == {"license": "Apache-2.0", "derived_from": [MIT]}
+    assert weights.derived_metadata(free)["license"] == "MIT"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> bytes:
+    """A non-commercial archive of a very small MACE (fast to fine-tune), H C N O."""
+    model = small_model(num_layers=1, num_channels=4, l_max=1, node_symmetry=1, correlation=1,
+                        readout_irreps=("4x0e", "0e"), num_bessel=4, radial_mlp_hidden=(8,))
+    model.metadata.update(name=NC, license="Test non-commercial", commercial_use=False)
+    return save_archive(model, tmp_path_factory.mktemp("base") / "base.zip").read_bytes()
+
+
+def fine_tune_args(out: Path) -> list[str]:
+    data = shared_data("rmd17", "rmd17_aspirin_train_01.npz")
+    sets = dict(max_train_frames=4, max_valid_frames=2, nodes_per_graph=24, edges_per_graph=420, warmup_steps=1)
+    return ["train", "--train-file", str(data), "--epochs", "1", "--batch-size", "2", "--output-dir", str(out),
+            "--quiet", *[arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]]
+
+
+def test_fine_tuning_a_gated_model(hub, tiny_base, tmp_path, isolated):
+    """`mace-ase train --init-from NAME`: refused, relabel refused, accepted; the export is gated in a fresh process."""
+    from click.testing import CliRunner
+
+    from mace_ase.cli.main import main
+    from mace_ase.training import TrainSettings, train
+
+    hub.add_file(NC_ENTRY.repo_id, NC_ENTRY.filename, tiny_base)
+    out = tmp_path / "run"
+    refused = CliRunner().invoke(main, [*fine_tune_args(out), "--init-from", NC])
+    assert refused.exit_code == 1 and "Error: model 'tiny-organics' is licensed under the Test non-commercial" in refused.stderr
+    assert "--accept-license" in refused.stderr and downloads(hub) == []
+    with pytest.raises(LicenseNotAcceptedError):  # the Python API, a path instead of a name
+        train(TrainSettings(train_file="unused.xyz", init_from=str(_write(tmp_path / "b.zip", tiny_base))))
+
+    relabel = CliRunner().invoke(main, [*fine_tune_args(out), "--init-from", NC, "--accept-license", "--set", "license=MIT"])
+    assert relabel.exit_code == 1 and "cannot be labelled 'MIT'" in relabel.stderr, relabel.output
+    assert not (out / "checkpoint.npz").exists()  # refused before any training step
+
+    tuned = CliRunner().invoke(main, [*fine_tune_args(out), "--init-from", NC, "--accept-license", "--set", "model_name=my-ft"])
+    assert tuned.exit_code == 0, tuned.output
+    archive = out / "model.zip"
+    metadata = json.loads(zipfile.ZipFile(archive).read("mace_ase.json"))
+    assert metadata["name"] == "my-ft" and metadata["license"] == "Test non-commercial"
+    assert metadata["commercial_use"] is False and NC in metadata["derived_from"]
+    assert metadata["license_summary"] == NC_ENTRY.license_summary
+
+    script = (
+        "import os, sys\n"
+        "from mace_ase.weights import load_model\n"
+        "from mace_ase.errors import LicenseNotAcceptedError\n"
+        "try:\n"
+        "    load_model(sys.argv[1])\n"
+        "    print('LOADED WITHOUT ACCEPTANCE')\n"
+        "except LicenseNotAcceptedError as error:\n"
+        "    print('refused:', str(error).splitlines()[0])\n"
+        f"os.environ['{weights.ENV_ACCEPT}'] = '{NC}'\n"
+        "print('accepted:', load_model(sys.argv[1]).metadata['license'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != weights.ENV_ACCEPT}
+    env.update({weights.ENV_CONFIG_DIR: str(tmp_path / "fresh-config"), "JAX_PLATFORMS": "cpu"})
+    run = subprocess.run([sys.executable, "-c", script, str(archive)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        f"refused: model 'my-ft' (derived from '{NC}', whose licence it keeps) is licensed under the Test non-commercial licence, "
+        "which does not allow commercial use; you must accept it before the model loads. Licence summary:",
+        "accepted: Test non-commercial",
+    ]
+
+
+def test_two_processes_accept_different_licences_at_once(isolated):
+    """The licence record is a read-modify-write: under the lock, no acceptance is lost."""
+    start = isolated / "go"
+    script = (
+        "import os, sys, time\n"
+        "from mace_ase.weights import accept_license\n"
+        f"while not os.path.exists({str(start)!r}): time.sleep(0.005)\n"
+        "for k in range(40): accept_license(f'{sys.argv[1]}-{k}')\n"
+    )
+    env = {**os.environ, weights.ENV_CONFIG_DIR: str(isolated / "config")}
+    runs = [subprocess.Popen([sys.executable, "-c", script, who], env=env, stderr=subprocess.PIPE, text=True)
+            for who in ("alpha", "beta")]
+    time.sleep(0.5)  # both started and waiting
+    start.touch()
+    errors = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    recorded = json.loads((isolated / "config" / "licenses.json").read_text())["accepted"]
+    assert sorted(recorded) == sorted(f"{who}-{k}" for who in ("alpha", "beta") for k in range(40))
+    assert [p.name for p in (isolated / "config").iterdir() if p.name.endswith(".tmp")] == []

@@ -10,12 +10,16 @@ scaling) live here too, so that a config plus a params pytree is a whole model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedConfigError  # re-exported by mace_ase.model
 
 ACTIVATIONS = ("silu", "swish", "tanh", "relu", "elu", "sigmoid", "none")
 RADIAL_ENVELOPES = ("polynomial_envelope", "soft_envelope")
+
+
+_RADIAL_SCALE_INPUTS = {"num_bessel", "cutoff", "radial_envelope", "avg_r_min"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,14 @@ class MaceConfig:
     avg_r_min: float | None = None
     scaling_mean: float = 0.0
     scaling_std: float = 1.0
+    # Model constants, fixed once in float64 and cast at use (never recomputed in a run's dtype).
+    # radial_scale multiplies the radial basis: 1/RMS of the basis on [avg_r_min, cutoff] (mlip's
+    # definition), filled in from avg_r_min when a config is made and stored in archives, so a
+    # saved model evaluates identically on every JAX version; 1.0 without avg_r_min.
+    radial_scale: float | None = None
+    # activation_scale multiplies the non-linearity; None: e3nn-jax's second-moment
+    # normalisation of `activation`, computed in float64 (mlip's definition).
+    activation_scale: float | None = None
     # Free-form provenance that must not affect the numbers (kept out of hash).
     extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -52,12 +64,22 @@ class MaceConfig:
         object.__setattr__(self, "readout_irreps", tuple(str(r) for r in self.readout_irreps))
         object.__setattr__(self, "radial_mlp_hidden", tuple(int(h) for h in self.radial_mlp_hidden))
         validate(self)
+        if self.radial_scale is None:
+            from .radial import embedding_scale
+
+            scale = embedding_scale(self.num_bessel, self.cutoff, self.radial_envelope, self.avg_r_min)
+            object.__setattr__(self, "radial_scale", scale)
+        object.__setattr__(self, "radial_scale", float(self.radial_scale))
+        if self.activation_scale is not None:
+            object.__setattr__(self, "activation_scale", float(self.activation_scale))
 
     @property
     def num_species(self) -> int:
         return len(self.atomic_numbers)
 
     def replace(self, **changes) -> "MaceConfig":
+        if "radial_scale" not in changes and _RADIAL_SCALE_INPUTS & set(changes):
+            changes["radial_scale"] = None  # derived from these: recomputed, never stale
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -117,6 +139,10 @@ def validate(config: MaceConfig) -> None:
         refuse("avg_num_neighbors", config.avg_num_neighbors, "must be positive")
     if config.avg_r_min is not None and not 0 <= config.avg_r_min < config.cutoff:
         refuse("avg_r_min", config.avg_r_min, "must lie in [0, cutoff)")
+    for name in ("radial_scale", "activation_scale"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            refuse(name, value, "must be a positive finite number")
 
 
 def _check_scalar_irreps(irreps: str, refuse) -> None:

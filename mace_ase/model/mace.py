@@ -17,7 +17,6 @@ its published weights load and give the same numbers:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from typing import Any
@@ -114,8 +113,28 @@ def product_keep(config: MaceConfig, layer: int) -> tuple[e3nn.Irrep, ...]:
     return node_irreps(config, layer)
 
 
+@functools.lru_cache(maxsize=None)
+def second_moment_scale(name: str) -> float:
+    """1 / sqrt(E[phi(z)^2]), z ~ N(0, 1): e3nn-jax's ``normalize_function`` constant for `name`.
+
+    Computed once, in float64, on e3nn-jax's quantile grid, whatever precision the caller
+    runs in: evaluated inside a float32 trace it would be off by 1.6e-6 (silu), and cached
+    across dtypes that error would reach float64 models too. 1 where e3nn-jax leaves phi as is.
+    """
+    phi = ACTIVATION_FUNCTIONS[name]
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        z = math.sqrt(2) * jax.scipy.special.erfinv(jnp.linspace(-1.0, 1.0, 1_000_001 + 2, dtype=jnp.float64)[1:-1])
+        rms = float(jnp.mean(phi(z) ** 2) ** 0.5)
+    return 1.0 if np.isclose(rms, 1.0) else 1.0 / rms
+
+
 def activation(config: MaceConfig):
-    return e3nn.normalize_function(ACTIVATION_FUNCTIONS[config.activation])
+    """The normalised non-linearity: phi(x) * scale (config.activation_scale, else second_moment_scale)."""
+    phi = ACTIVATION_FUNCTIONS[config.activation]
+    scale = config.activation_scale if config.activation_scale is not None else second_moment_scale(config.activation)
+    if scale == 1.0:
+        return phi
+    return lambda x: phi(x) * jnp.asarray(scale, x.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,40 +253,34 @@ def message_plan(config: MaceConfig, layer: int):
 # cluster; 1-3 MB within noise, 4 MB ~10 % slower, no chunking 40 % slower even at 21 atoms).
 # The edges are split into equal chunks (at most this size), so the padding of the last
 # chunk never costs more than one edge per chunk.
-# None: no chunking. Use None for training losses on forces (a second derivative): the
-# scan's own backward pass would then keep per-chunk state and take more memory, not less.
-MESSAGE_CHUNK_BYTES: int | None = 2 * 2**20
-
-
-@contextlib.contextmanager
-def message_chunk_bytes(value: int | None):
-    """Set MESSAGE_CHUNK_BYTES for the functions traced inside the block, then restore it."""
-    global MESSAGE_CHUNK_BYTES
-    previous, MESSAGE_CHUNK_BYTES = MESSAGE_CHUNK_BYTES, value
-    try:
-        yield
-    finally:
-        MESSAGE_CHUNK_BYTES = previous
+# None: no chunking. Training losses on forces (a second derivative) pass None: the scan's
+# own backward pass would keep per-chunk state there and take more memory, not less.
+# It is an explicit (static) argument of every model function, never a global: two
+# programs with different chunking are two compiled programs, each keyed by its value.
+DEFAULT_MESSAGE_CHUNK_BYTES: int | None = 2 * 2**20
 
 
 def edge_basis(config: MaceConfig, vectors, lengths):
     """Per-edge spherical harmonics [E, (l_max+1)^2] and radial basis [E, num_bessel], shared by all layers."""
     harmonic_irreps = [ir for _, ir in e3nn.Irreps.spherical_harmonics(config.l_max)]
     harmonics = e3nn.spherical_harmonics(harmonic_irreps, vectors, normalize=True, normalization="component").array
-    radial = radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope, config.avg_r_min)
+    radial = config.radial_scale * radial_embedding(lengths, config.num_bessel, config.cutoff, config.radial_envelope)
     return harmonics, radial
 
 
-def edge_chunks(num_edges: int, bytes_per_edge: int) -> tuple[int, int]:
-    """(number of chunks, edges per chunk) for MESSAGE_CHUNK_BYTES: equal chunks, the fewest that fit."""
-    if MESSAGE_CHUNK_BYTES is None:
+def edge_chunks(num_edges: int, bytes_per_edge: int, chunk_bytes: int | None) -> tuple[int, int]:
+    """(number of chunks, edges per chunk) of at most `chunk_bytes`: equal chunks, the fewest that fit."""
+    if chunk_bytes is None:
         return 1, num_edges
-    limit = max(1, MESSAGE_CHUNK_BYTES // bytes_per_edge)
+    limit = max(1, chunk_bytes // bytes_per_edge)
     num_chunks = max(1, -(-num_edges // limit))
     return num_chunks, -(-num_edges // num_chunks)
 
 
-def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Features, harmonics, radial, graph: Graph) -> Features:
+def interaction(
+    layer_params: Params, config: MaceConfig, layer: int, x: Features, harmonics, radial, graph: Graph,
+    chunk_bytes: int | None = DEFAULT_MESSAGE_CHUNK_BYTES,
+) -> Features:
     """Equivariant message passing: A_i = sum_j R(r_ij) (x_j (x) Y(r_ij)) / avg_num_neighbors.
 
     Per edge and sender irrep, the harmonics are first folded into the coupling
@@ -312,7 +325,7 @@ def interaction(layer_params: Params, config: MaceConfig, layer: int, x: Feature
 
     edges = (hidden, harmonics, graph.senders, graph.receivers)
     num_edges = radial.shape[0]
-    num_chunks, chunk = edge_chunks(num_edges, C * num_slots * jnp.dtype(dtype).itemsize)
+    num_chunks, chunk = edge_chunks(num_edges, C * num_slots * jnp.dtype(dtype).itemsize, chunk_bytes)
     if num_chunks == 1:
         summed = messages(*edges)
     else:
@@ -373,8 +386,15 @@ def readout(head_params: Params, config: MaceConfig, x: Features, last: bool) ->
 # --------------------------------------------------------------------------
 
 
-def node_features(params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None):
-    """Run the layers; returns (per-layer node features, per-layer per-head energies [N, L, H])."""
+def node_features(
+    params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None, *,
+    message_chunk_bytes: int | None = DEFAULT_MESSAGE_CHUNK_BYTES,
+):
+    """Run the layers; returns (per-layer node features, per-layer per-head energies [N, L, H]).
+
+    message_chunk_bytes: edge-chunk size of the message sums (None: one shot); see
+    DEFAULT_MESSAGE_CHUNK_BYTES. Static: pass it as a Python value, not a traced one.
+    """
     positions = graph.positions if positions is None else positions
     cells = graph.cells if cells is None else cells
     dtype = positions.dtype
@@ -396,7 +416,7 @@ def node_features(params: Params, config: MaceConfig, graph: Graph, positions=No
         residual = None
         if layer > 0:
             residual = species_linear(layer_params["skip"], x, species, config.num_species)
-        x = interaction(layer_params, config, layer, x, harmonics, radial, graph)
+        x = interaction(layer_params, config, layer, x, harmonics, radial, graph, message_chunk_bytes)
         if layer == 0:
             x = species_linear(layer_params["selector"], x, species, config.num_species)
         x = symmetric_contraction(layer_params["product"], config, layer, x, species)
@@ -408,20 +428,26 @@ def node_features(params: Params, config: MaceConfig, graph: Graph, positions=No
     return all_features, jnp.stack(energies, axis=1)
 
 
-def node_energies(params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None) -> jax.Array:
+def node_energies(
+    params: Params, config: MaceConfig, graph: Graph, positions=None, cells=None, *,
+    message_chunk_bytes: int | None = DEFAULT_MESSAGE_CHUNK_BYTES,
+) -> jax.Array:
     """Per-atom energies in eV, [N]; zero on padding nodes.
 
     E_i = E0[Z_i] + mean + std * sum_{layers, heads} readout_i.
     """
-    _, contributions = node_features(params, config, graph, positions, cells)
+    _, contributions = node_features(params, config, graph, positions, cells, message_chunk_bytes=message_chunk_bytes)
     interaction_energy = jnp.sum(contributions, axis=(1, 2))
     e0 = jnp.asarray(config.atomic_energies, dtype=interaction_energy.dtype)[graph.species]
     energy = e0 + config.scaling_mean + config.scaling_std * interaction_energy
     return jnp.where(graph.node_mask, energy, 0.0)
 
 
-def invariant_descriptors(params: Params, config: MaceConfig, graph: Graph) -> jax.Array:
+def invariant_descriptors(
+    params: Params, config: MaceConfig, graph: Graph, *,
+    message_chunk_bytes: int | None = DEFAULT_MESSAGE_CHUNK_BYTES,
+) -> jax.Array:
     """Scalar (0e) node features of every layer, concatenated: [N, L * C]."""
-    features, _ = node_features(params, config, graph)
+    features, _ = node_features(params, config, graph, message_chunk_bytes=message_chunk_bytes)
     scalar = e3nn.Irrep("0e")
     return jnp.concatenate([f[scalar][:, :, 0] for f in features], axis=-1)

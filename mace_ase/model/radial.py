@@ -40,19 +40,24 @@ def _raw_embedding(r, num_basis, cutoff, envelope):
 
 
 def embedding_scale(num_basis: int, cutoff: float, envelope: str, avg_r_min: float | None) -> float:
-    """1 / RMS of the basis on [avg_r_min, cutoff], sampled in float32 as mlip does."""
+    """1 / RMS of the basis on [avg_r_min, cutoff], sampled at 1000 float32 points (mlip v1's definition).
+
+    mlip defines the constant by this float32 computation, so its last bits depend on the XLA
+    that runs it. It is therefore evaluated once, when a config is made (``MaceConfig.radial_scale``),
+    in the mode of mlip's float64 runs, and stored in the archives mace-ase writes: a saved
+    model gives the same numbers on every JAX version.
+    """
     if avg_r_min is None:
         return 1.0
-    with jax.ensure_compile_time_eval():
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
         r = jnp.linspace(avg_r_min, cutoff, 1000, dtype=jnp.float32)
         return float(jnp.mean(_raw_embedding(r, num_basis, cutoff, envelope) ** 2).item() ** -0.5)
 
 
-def radial_embedding(r, num_basis: int, cutoff: float, envelope: str, avg_r_min: float | None = None):
-    """[E] lengths -> [E, num_basis]; zero for zero-length (padding) edges."""
-    scale = embedding_scale(num_basis, cutoff, envelope, avg_r_min)
+def radial_embedding(r, num_basis: int, cutoff: float, envelope: str):
+    """[E] lengths -> [E, num_basis], unscaled (the model multiplies by config.radial_scale); zero at r = 0 (padding)."""
     value = _raw_embedding(r, num_basis, cutoff, envelope)
-    return scale * jnp.where((r == 0.0)[..., None], 0.0, value)
+    return jnp.where((r == 0.0)[..., None], 0.0, value)
 
 
 def safe_norm(v, axis=-1):

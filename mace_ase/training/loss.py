@@ -33,7 +33,9 @@ class LossWeights:
 
 
 def predict(params, config: MaceConfig, batch: Batch):
-    out = energy_forces_stress(params, config, batch.graph, compute_stress=False)
+    # No edge chunking: a force loss differentiates twice, and the scan's backward pass would
+    # keep per-chunk state (more memory, not less).
+    out = energy_forces_stress(params, config, batch.graph, compute_stress=False, message_chunk_bytes=None)
     return out["energy"], out["forces"]
 
 

@@ -23,7 +23,7 @@ class TrainSettings:
     max_valid_frames: int | None = None
     seed: int = 0
     # Model (ignored when fine-tuning from init_from, which fixes the architecture)
-    init_from: str | None = None  # archive to fine-tune (any loadable model)
+    init_from: str | None = None  # model to fine-tune: a registered name or a model file
     cutoff: float = 5.0
     num_layers: int = 2
     num_channels: int = 128
@@ -68,7 +68,7 @@ class TrainSettings:
     archive_name: str = "model.zip"
     export_path: str | None = None  # write the archive here instead of output_dir/archive_name
     model_name: str = "mace-ase-model"
-    license: str = "MIT"
+    license: str | None = None  # None: MIT for a new model; a fine-tune keeps its source's licence
     max_wall_s: float | None = None  # stop (and export) before this many seconds of this invocation
     dtype: str = "float32"
 
@@ -98,9 +98,11 @@ class TrainSettings:
         else:
             d = json.loads(path.read_text())
         d = {k: v for k, v in d.items() if not k.startswith("_")}  # "_comment" keys
-        from ..weights import DATASETS
+        from ..weights import DATASETS, REGISTRY
 
         for name in ("train_file", "valid_file", "isolated_atoms_file", "init_from", "output_dir", "export_path"):
+            if name == "init_from" and d.get(name) in REGISTRY:
+                continue  # a registered model name, not a path
             if name.endswith("_file") and str(d.get(name)).partition(":")[0] in DATASETS:
                 continue  # a registered data set ("spice2-curated:train"), not a path
             if d.get(name) and not Path(d[name]).is_absolute():

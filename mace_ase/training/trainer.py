@@ -27,7 +27,7 @@ import functools
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..archive import MaceModel, load_archive, save_archive
+from ..archive import MaceModel, save_archive
 from ..fileio import atomic_write, file_lock
 from ..model import MaceConfig, init_params
-from ..model.mace import message_chunk_bytes
+from ..weights import derived_metadata, load_model
 from . import data as data_module
 from .batching import BatchShape, InMemoryData, plan_epoch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -70,6 +70,7 @@ class Prepared:
     shape: BatchShape  # of one micro-batch (the whole batch on one device)
     batch_graphs: int  # graphs per optimiser step
     init_params: dict
+    licence: dict = field(default_factory=dict)  # licence fields of the export (a fine-tune keeps its source's)
 
 
 # ------------------------------------------------------------------ data
@@ -134,22 +135,26 @@ def _targets(frames, config: MaceConfig):
     return data.structures, data.energies, data.forces
 
 
-def _base_model(s: TrainSettings, dtype):
-    base = load_archive(s.init_from)
-    return base.config, jax.tree.map(lambda a: np.asarray(a, dtype), base.params)
+def _base_model(s: TrainSettings, dtype, accept_license: bool | None):
+    """The model to fine-tune: a registered name or a file, through the licence gate; and the licence its result keeps
+    (a relabelled licence is refused here, before any work)."""
+    base = load_model(s.init_from, accept_license=accept_license)
+    return base.config, jax.tree.map(lambda a: np.asarray(a, dtype), base.params), derived_metadata(base, s.license)
 
 
-def prepare(s: TrainSettings, layout: Layout | None = None, log: Callable = print) -> Prepared:
+def prepare(s: TrainSettings, layout: Layout | None = None, log: Callable = print, accept_license: bool | None = None) -> Prepared:
     """Read (or index) the data, compute the statistics, build the config and initial parameters."""
     micro_batches = 1 if layout is None else layout.micro_batches
     dtype = np.dtype(s.dtype)
+    base = _base_model(s, dtype, accept_license) if s.init_from else None
+    licence = base[2] if base else {"license": s.license or "MIT"}
     if s.stream:
-        config, params, train_data, valid_data = _prepare_streamed(s, dtype, log)
+        config, params, train_data, valid_data = _prepare_streamed(s, dtype, log, base)
     else:
         train, valid, isolated, elements = load_data(s)
         structures = None
-        if s.init_from:
-            config, params = _base_model(s, dtype)
+        if base:
+            config, params = base[:2]
         else:
             structures = to_structures(train, elements, s.cutoff)
             stats = statistics_from_summaries(summarize(train, structures, elements), s.cutoff, s.atomic_energies, isolated, s.scaling)
@@ -163,10 +168,10 @@ def prepare(s: TrainSettings, layout: Layout | None = None, log: Callable = prin
         except ValueError as error:
             raise TrainingDataError(f"{name} data: {error}") from None
     train_config = config.replace(atomic_energies=(0.0,) * config.num_species)
-    return Prepared(config, train_config, train_data, valid_data, shape, s.batch_size, params)
+    return Prepared(config, train_config, train_data, valid_data, shape, s.batch_size, params, licence)
 
 
-def _prepare_streamed(s: TrainSettings, dtype, log):
+def _prepare_streamed(s: TrainSettings, dtype, log, base=None):
     from .data import split_indices
     from .datasets import resolve_data_file
     from .hdf5 import Hdf5Options
@@ -176,7 +181,6 @@ def _prepare_streamed(s: TrainSettings, dtype, log):
     if Path(train_path).suffix.lower() not in (".h5", ".hdf5"):
         raise TrainingDataError(f"stream=true reads HDF5 files; {train_path} is not one (drop stream for other formats)")
     options = Hdf5Options.make(s.energy_key, s.forces_key, **dict(s.hdf5_options or {}))
-    base = _base_model(s, dtype) if s.init_from else None
     cutoff = base[0].cutoff if base else s.cutoff
     index = open_index(train_path, options, cutoff, log)
     valid_index = open_index(resolve_data_file(s.valid_file), options, cutoff, log) if s.valid_file else index
@@ -193,7 +197,7 @@ def _prepare_streamed(s: TrainSettings, dtype, log):
     if not len(train_rows) or not len(valid_rows):
         raise TrainingDataError(f"need training and validation frames, got {len(train_rows)} and {len(valid_rows)}")
     if base:
-        config, params = base
+        config, params = base[:2]
     else:
         elements = tuple(sorted(set(index.summaries.atomic_numbers) | set(valid_index.summaries.atomic_numbers)))
         isolated = data_module.read_frames(s.isolated_atoms_file, s.energy_key, s.forces_key) if s.isolated_atoms_file else []
@@ -263,7 +267,7 @@ def evaluate(steps, params, data, shape: BatchShape, dtype, layout: Layout | Non
     return metrics_from_sums(totals)
 
 
-# ------------------------------------------------------------------ precision and chunking
+# ------------------------------------------------------------------ precision
 
 
 def _precision(dtype):
@@ -271,25 +275,9 @@ def _precision(dtype):
     return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
 
 
-def _unchunked_messages(fn):
-    """Run `fn` with unchunked message passing, then restore the setting.
-
-    A force loss differentiates the model twice, and the chunk scan's own backward pass would
-    keep per-chunk state: chunking is for inference. Restoring it keeps a MaceCalculator used
-    later in the same process on its chunked, memory-bounded message passing.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with message_chunk_bytes(None):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-@_unchunked_messages
 def evaluate_model(model, frames, shape: BatchShape | None = None, dtype=np.float32) -> dict:
     """MAE/RMSE of a MaceModel (e.g. a loaded archive) on labelled frames, in fixed-shape batches."""
+    model = load_model(model)  # the licence gate
     config = model.config
     with _precision(dtype):
         data = in_memory_data(frames, config)
@@ -304,7 +292,7 @@ def evaluate_model(model, frames, shape: BatchShape | None = None, dtype=np.floa
 def export_model(config: MaceConfig, params, path, s: TrainSettings, extra: dict | None = None) -> Path:
     metadata = {
         "name": s.model_name,
-        "license": s.license,
+        "license": s.license or "MIT",
         "training": {k: (Path(v).name if k.endswith(("_file", "_from")) and v else v)
                      for k, v in s.to_dict().items() if k not in ("output_dir", "export_path")},
         **(extra or {}),
@@ -330,22 +318,23 @@ def output_lock(folder: Path):
     return file_lock(Path(folder) / LOCK, blocking=False, what=f"the training folder {folder}")
 
 
-@_unchunked_messages
-def train(s: TrainSettings, resume: bool = False, progress: Callable | None = None, log: Callable = print) -> dict:
+def train(s: TrainSettings, resume: bool = False, progress: Callable | None = None, log: Callable = print,
+          accept_license: bool | None = None) -> dict:
     """Run (or resume) the training; returns a summary with the archive path and final metrics.
 
     `progress(epoch, batch_index, num_batches, loss)` is called after every step. float64
     settings train with JAX's x64 mode on for the call only.
+    `accept_license`: accepts the licence of a restricted `init_from` model (as in load_model).
     """
     with _precision(s.dtype):
         primary = jax.process_index() == 0
         out = Path(s.output_dir)
         _check_same_settings(s)
         with output_lock(out) if primary else contextlib.nullcontext():
-            return _train(s, resume, progress, log if primary else (lambda *_, **__: None), primary)
+            return _train(s, resume, progress, log if primary else (lambda *_, **__: None), primary, accept_license)
 
 
-def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict:
+def _train(s: TrainSettings, resume: bool, progress, log, primary: bool, accept_license: bool | None) -> dict:
     start = time.perf_counter()
     out = Path(s.output_dir)
     dtype = np.dtype(s.dtype)
@@ -355,7 +344,7 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict
     if resume and jax.process_count() > 1:
         _everyone_sees(checkpoint)
     layout = make_layout(s.devices, s.micro_batches_per_device)
-    prep = prepare(s, layout, log)
+    prep = prepare(s, layout, log, accept_license)
     opt = optimizer_settings(s)
     optimizer = make_optimizer(opt)
     weights = LossWeights(s.energy_weight, s.forces_weight, s.swap_epoch, s.energy_weight_after, s.forces_weight_after)
@@ -460,7 +449,8 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool) -> dict
     if primary:
         archive = export_model(
             prep.config, final, target, s,
-            {"validation": {k: v for k, v in last.items() if k.startswith("valid_")}, "epochs_trained": last.get("epoch", -1) + 1},
+            {**prep.licence, "validation": {k: v for k, v in last.items() if k.startswith("valid_")},
+             "epochs_trained": last.get("epoch", -1) + 1},
         )
     return {
         "archive": str(archive),
