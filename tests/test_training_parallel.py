@@ -129,13 +129,13 @@ import mace_ase.training as training
 
 real_train = training.train
 
-def train(settings, resume=False, progress=None, log=print):
+def train(settings, resume=False, progress=None, log=print, **options):
     kill_after = int(os.environ.get("KILL_AFTER_STEP", "-1"))
     def hook(epoch, k, n, loss):
         if k == kill_after:
             time.sleep(1.0)  # the other process saves this step's checkpoint and waits in the next step
             os.kill(os.getpid(), signal.SIGKILL)
-    summary = real_train(settings, resume=resume, progress=hook, log=log)
+    summary = real_train(settings, resume=resume, progress=hook, log=log, **options)
     with open(os.environ["REPORT"], "w") as f:
         json.dump({"frames_read": summary["frames_read"], "devices": summary["devices"]}, f)
     return summary
