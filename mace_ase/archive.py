@@ -211,12 +211,24 @@ def read_archive(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], 
 
 
 def load_archive(path: str | os.PathLike) -> MaceModel:
-    """Read an mlip v1 MACE archive (or one written by mace-ase)."""
+    """Read an mlip v1 or v2 MACE archive (or one written by mace-ase)."""
     hyperparams, flat, metadata = read_archive(path)
+    # ---- mlip v2 (mace_ase.formats.mlip_v2) ----
+    from .formats import mlip_v2
+
+    if mlip_v2.is_mlip_v2(hyperparams, flat):
+        metadata = dict(metadata)
+        stored = metadata.pop(CONFIG_KEY, {}) or {}
+        metadata.setdefault("source_file", Path(path).name)  # as for v1, below
+        try:
+            return mlip_v2.model_from_mlip_v2(hyperparams, flat, metadata, radial_scale=stored.get("radial_scale"))
+        except ArchiveError as error:
+            raise ArchiveError(f"{path}: {error}") from None
+    # ---- mlip v1 ----
     if not any(key.startswith(MLIP_PREFIX) for key in flat):
         raise UnsupportedConfigError(
-            f"{path}: the parameters are not those of mlip's v1 MACE "
-            "(mlip.models_v1.mace); other architectures and mlip v2 models are not supported"
+            f"{path}: the parameters are those of neither mlip's v1 MACE (mlip.models_v1.mace) "
+            "nor its v2 MACE (mlip.models.mace); other architectures are not supported"
         )
     config = config_from_mlip(hyperparams)
     metadata = dict(metadata)
@@ -257,21 +269,31 @@ def _radial_mlp_hidden(flat: dict[str, np.ndarray]) -> tuple[int, ...]:
     return tuple(int(shape[-1]) for shape in shapes[:-1])
 
 
-def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:
+ARCHIVE_FORMATS = ("mlip-v1", "mlip-v2")
+
+
+def save_archive(model: MaceModel, path: str | os.PathLike, format: str = "mlip-v1") -> Path:
     """Write `model` so that both mace-ase and ``mlip.models.model_io`` load it.
 
+    `format`: "mlip-v1" (``mlip.models_v1.mace.Mace``) or "mlip-v2" (``mlip.models.mace.Mace``,
+    what MLIPAudit loads from a zip whose name contains "mace").
     Written to a temporary name and renamed, so a crash never leaves half an archive.
     """
     path = Path(path)
-    hyperparams = config_to_mlip(model.config)
-    hyperparams["version"] = MLIP_VERSION_WRITTEN
-    buffer = io.BytesIO()
-    np.savez(buffer, **params_to_flat(model.config, model.params))
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
-        archive.writestr(PARAMS, buffer.getvalue())
-        metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", CONFIG_KEY)}
+    metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", "mlip_model", CONFIG_KEY)}
+    # ---- mlip v2 (mace_ase.formats.mlip_v2) ----
+    if format == "mlip-v2":
+        from .formats.mlip_v2 import mlip_v2_from_model
+
+        hyperparams, flat = mlip_v2_from_model(model)  # refuses what v2 cannot express
+        if model.config.avg_r_min is not None:
+            # mlip recomputes it from avg_r_min (same definition); mace-ase reads back this value.
+            metadata[CONFIG_KEY] = {"radial_scale": model.config.radial_scale}
+    # ---- mlip v1 ----
+    elif format == "mlip-v1":
+        hyperparams = config_to_mlip(model.config)
+        hyperparams["version"] = MLIP_VERSION_WRITTEN
+        flat = params_to_flat(model.config, model.params)
         stored = {}
         if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
             # Not an mlip hyper-parameter (mlip fixes 64,64,64): kept where mlip does not look.
@@ -280,6 +302,14 @@ def save_archive(model: MaceModel, path: str | os.PathLike) -> Path:
             stored["radial_scale"] = model.config.radial_scale  # fixed once, see MaceConfig
         if stored:
             metadata[CONFIG_KEY] = stored
+    else:
+        raise ValueError(f"unknown archive format {format!r}: choose one of {', '.join(ARCHIVE_FORMATS)}")
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
+        archive.writestr(PARAMS, buffer.getvalue())
         if metadata:
             archive.writestr(METADATA, json.dumps(metadata, indent=1))
     os.replace(tmp, path)

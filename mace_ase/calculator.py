@@ -14,7 +14,8 @@ How a call reaches the model:
     at most ``max_executables``, least recently used dropped.
   * Results of the last ``result_cache`` structures are kept (keyed by atomic numbers,
     positions, cell and pbc), so a calculator shared by several Atoms (NEB images) answers
-    a state it has seen from memory.
+    a state it has seen from memory; ``calculate(atoms, properties, all_changes)`` always
+    runs the model.
   * JAX's persistent compilation cache is on by default (``mace_ase.compilation_cache``):
     a second process loads compiled programs from disk.
 
@@ -417,7 +418,10 @@ class MaceCalculator(Calculator):
                 )
             self._warn_ignored(atoms)
             key = state_key(atoms)
-            cached = self._recall(key, properties)
+            # A call declaring everything changed (a fresh calculator, after reset(), or a caller
+            # forcing a recompute, as MLIPAudit's inference_speed does to time the model) runs it.
+            forced = set(all_changes) <= set(system_changes or ())
+            cached = None if forced else self._recall(key, properties)
             if cached is not None:
                 self.results = cached
                 return
