@@ -7,11 +7,18 @@ fields), then from flags, then from repeated ``--set name=value``; later wins.
     mace-ase train --train-file data.xyz --energy-key energy_xtb --forces-key forces_xtb --epochs 100
     mace-ase train --config run.toml --resume            # continue after a crash or a budget stop
     mace-ase train --init-from mace-ase-small-xtb --train-file mine.xyz       # fine-tune (a name or a file)
+
+Data parallel: every device of ``jax.devices()`` trains (``--devices N`` picks the first N).
+Several hosts: start one process per host with the same options plus ``--coordinator
+HOST:PORT --num-processes N --process-id I`` (or ``--distributed`` under SLURM and the other
+cluster managers JAX detects); process 0 writes the outputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import click
 
@@ -36,6 +43,10 @@ FLAGS = {
     "epochs": (int, "Epochs."),
     "swap_epoch": (int, "Epoch at which the energy/force loss weights are swapped."),
     "peak_learning_rate": (float, "Peak learning rate."),
+    "stream": (bool, "Read HDF5 frames from disk by index, for data larger than memory."),
+    "devices": (int, "Train on the first N devices of jax.devices() (default: all)."),
+    "micro_batches_per_device": (int, "Micro-batches per device and step, gradients summed (less memory per device)."),
+    "checkpoint_every_steps": (int, "Also write the checkpoint every N steps inside an epoch."),
     "max_wall_s": (float, "Wall-clock budget (s): stop after the last epoch that fits, then export."),
     "output_dir": (str, "Run folder: checkpoint.npz, metrics.jsonl, metrics.png, the archive."),
     "archive_name": (str, "File name of the exported archive inside output_dir."),
@@ -66,7 +77,27 @@ def _progress():
 
 def _options(function):
     for name, (kind, help_text) in reversed(FLAGS.items()):
-        function = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=help_text)(function)
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            function = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)(function)
+        else:
+            function = click.option(flag, name, type=kind, default=None, help=help_text)(function)
+    return function
+
+
+def _distributed_options(function):
+    options = [
+        click.option("--distributed", is_flag=True, envvar="MACE_ASE_DISTRIBUTED",
+                     help="Join a multi-process run, with JAX's detection of the cluster (SLURM, Open MPI, ...)."),
+        click.option("--coordinator", metavar="HOST:PORT", envvar="MACE_ASE_COORDINATOR",
+                     help="Multi-process run: address of process 0's coordinator (env MACE_ASE_COORDINATOR)."),
+        click.option("--num-processes", type=int, envvar="MACE_ASE_NUM_PROCESSES",
+                     help="Multi-process run: number of processes (env MACE_ASE_NUM_PROCESSES)."),
+        click.option("--process-id", type=int, envvar="MACE_ASE_PROCESS_ID",
+                     help="Multi-process run: this process's index, 0 .. N-1 (env MACE_ASE_PROCESS_ID)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
     return function
 
 
@@ -78,8 +109,14 @@ def _options(function):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--accept-license", is_flag=True,
               help="Accept the licence of a non-commercial --init-from model for this run (the result keeps that licence).")
-def train_command(config_file, assignments, resume, quiet, accept_license, **flags):
+@_distributed_options
+def train_command(config_file, assignments, resume, quiet, accept_license, distributed, coordinator, num_processes, process_id, **flags):
     """Train (or fine-tune) a MACE model and export it as an archive."""
+    multi = distributed or coordinator is not None or num_processes is not None or process_id is not None
+    if multi:  # before anything touches JAX's backends
+        from mace_ase.training.parallel import initialize_distributed
+
+        initialize_distributed(coordinator, num_processes, process_id)
     from mace_ase.training import TrainSettings, train
 
     settings = TrainSettings.from_file(config_file) if config_file else TrainSettings()
@@ -96,8 +133,25 @@ def train_command(config_file, assignments, resume, quiet, accept_license, **fla
         raise click.UsageError(str(error)) from None
     if not settings.train_file:
         raise click.UsageError("no training data: give --train-file or train_file in --config")
-    summary = train(settings, resume=resume, progress=None if quiet else _progress(), log=click.echo,
-                    accept_license=True if accept_license else None)
+    import jax
+
+    primary = jax.process_index() == 0
+    try:
+        summary = train(settings, resume=resume, progress=None if quiet or not primary else _progress(), log=click.echo,
+                        accept_license=True if accept_license else None)
+    except Exception as error:
+        from mace_ase.training.errors import ProcessLostError
+
+        if multi and isinstance(error, ProcessLostError):
+            # JAX's distributed runtime cannot shut down once a peer is gone (it would wait, then abort):
+            # say what happened and leave at once.
+            click.echo(f"Error: {error}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        raise
+    if not primary:
+        return
     metrics = summary["metrics"]
     click.echo(
         f"wrote {summary['archive']} after {summary['epochs_completed']} epochs in {summary['wall_s']:.0f} s; "

@@ -80,6 +80,11 @@ class ModelEntry:
     url: str | None = None  # direct HTTPS download, for models not on the Hugging Face Hub
     sha256: str | None = None  # of the file at `url`; None where no checksum is published
     license_url: str | None = None  # the full terms
+    repo_type: str = "model"  # Hugging Face repository type: "model", or "dataset" (DATASETS)
+
+    @property
+    def kind(self) -> str:  # what the messages call it
+        return "data set" if self.repo_type == "dataset" else "model"
 
 
 _ORGANICS_SUMMARY = """\
@@ -153,6 +158,21 @@ REGISTRY: dict[str, ModelEntry] = {
              "MACE-OMAT-0 small: materials (OMat24), 89 elements"),
         _asl("mace-omat-0-medium", f"{_MACE_MP}/mace_omat_0/mace-omat-0-medium.model",
              "MACE-OMAT-0 medium: materials (OMat24), 89 elements"),
+    )
+}
+
+
+# Training data (mace_ase.training: ``train_file = "spice2-curated:train"``), fetched through the same
+# cache, offline mode and errors as the models; data, not weights: no licence gate.
+DATASETS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in (
+        ModelEntry(
+            "spice2-curated", "InstaDeepAI/SPICE2-curated", "SPICE2_curated.zip", None, "see the data set card",
+            "See https://huggingface.co/datasets/InstaDeepAI/SPICE2-curated", True,
+            "InstaDeep's curated SPICE2 (the mace-organics training data): HDF5 files in mlip's layout, eV and Å",
+            repo_type="dataset",
+        ),
     )
 }
 
@@ -427,10 +447,19 @@ def _fetch_hub(entry: ModelEntry, revision: str | None, offline: bool, force_dow
             local_files_only=offline,
             force_download=force_download,
             library_name="mace-ase",
+            repo_type=entry.repo_type,
         )
     except Exception as error:  # mapped to mace-ase errors below; anything unknown is re-raised
         raise _download_failure(entry, revision, offline, error) from None
     return Path(path)
+
+
+def fetch_dataset(name: str, *, revision: str | None = None, local_files_only: bool | None = None,
+                  force_download: bool = False) -> Path:
+    """The local file of a registered training data set (``DATASETS``), as :func:`fetch_model` does for models."""
+    if name not in DATASETS:
+        raise ModelNotFoundError(f"unknown data set name {name!r}; registered data sets: {', '.join(DATASETS)}")
+    return fetch_model(name, revision=revision, local_files_only=local_files_only, force_download=force_download)
 
 
 def cache_dir() -> Path:
@@ -522,7 +551,7 @@ def _verify_cached(entry: ModelEntry, target: Path) -> None:
 
 def _entry(name: str) -> ModelEntry:
     try:
-        return REGISTRY[name]
+        return REGISTRY[name] if name in REGISTRY else DATASETS[name]
     except KeyError:
         raise ModelNotFoundError(f"unknown model name {name!r}; registered models: {', '.join(REGISTRY)}") from None
 
@@ -577,26 +606,26 @@ def _download_failure(entry: ModelEntry, revision: str | None, offline: bool, er
     where = f"{entry.repo_id}@{revision or 'main'}"
     if isinstance(error, RevisionNotFoundError):
         return ModelNotFoundError(
-            f"model '{entry.name}': revision {revision or 'main'!r} does not exist in the Hugging Face "
+            f"{entry.kind} '{entry.name}': revision {revision or 'main'!r} does not exist in the Hugging Face "
             f"repository {entry.repo_id} ({endpoint})"
         )
     if isinstance(error, RepositoryNotFoundError):
         return ModelNotFoundError(
-            f"model '{entry.name}': the Hugging Face repository {entry.repo_id} was not found at {endpoint} "
+            f"{entry.kind} '{entry.name}': the Hugging Face repository {entry.repo_id} was not found at {endpoint} "
             "(it does not exist, or is private or gated and needs `hf auth login`)"
         )
     if isinstance(error, LocalEntryNotFoundError) and offline:
         return _offline_miss(entry, revision)
     if isinstance(error, EntryNotFoundError) and not isinstance(error, LocalEntryNotFoundError):
         return ModelNotFoundError(
-            f"model '{entry.name}': the file {entry.filename} does not exist in the Hugging Face repository {where}"
+            f"{entry.kind} '{entry.name}': the file {entry.filename} does not exist in the Hugging Face repository {where}"
         )
     if isinstance(error, OfflineModeIsEnabled):
-        return DownloadError(f"model '{entry.name}': Hugging Face offline mode is enabled (HF_HUB_OFFLINE) and {error}")
+        return DownloadError(f"{entry.kind} '{entry.name}': Hugging Face offline mode is enabled (HF_HUB_OFFLINE) and {error}")
     if isinstance(error, HfHubHTTPError) and getattr(error, "response", None) is not None:
         status = error.response.status_code
         return DownloadError(
-            f"model '{entry.name}': the Hugging Face Hub at {endpoint} answered HTTP {status} for "
+            f"{entry.kind} '{entry.name}': the Hugging Face Hub at {endpoint} answered HTTP {status} for "
             f"{entry.filename} in {where}. Try again later, or download {_manual_download(entry, revision)} "
             "elsewhere and pass the file's path"
         )
@@ -607,7 +636,7 @@ def _download_failure(entry: ModelEntry, revision: str | None, offline: bool, er
         return error
     cause = error.__cause__ or error
     return DownloadError(
-        f"could not download model '{entry.name}': the Hugging Face Hub at {endpoint} is unreachable or the "
+        f"could not download {entry.kind} '{entry.name}': the Hugging Face Hub at {endpoint} is unreachable or the "
         f"transfer failed ({type(cause).__name__}: {_first_line(cause)}), and the file is not in the local cache "
         f"({hf_cache_dir()}). On a machine with internet access, download {_manual_download(entry, revision)}, "
         "copy the file here and pass its path (model='/path/to/file'); or copy that machine's Hugging Face cache "
@@ -619,23 +648,31 @@ def _cached_file(entry: ModelEntry, revision: str | None) -> Path | None:
     """The file in the Hugging Face cache, found without any network access; None if absent."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=_hub_cache_dir(), revision=revision)
+    found = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=_hub_cache_dir(), revision=revision,
+                                   repo_type=entry.repo_type)
     return Path(found) if isinstance(found, str) else None  # None, or "known not to exist"
 
 
 def _offline_miss(entry: ModelEntry, revision: str | None) -> DownloadError:
     return DownloadError(
-        f"model '{entry.name}' is not in the Hugging Face cache ({hf_cache_dir()}) and downloads are "
+        f"{entry.kind} '{entry.name}' is not in the Hugging Face cache ({hf_cache_dir()}) and downloads are "
         f"disabled (HF_HUB_OFFLINE, MACE_ASE_OFFLINE or local_files_only). Download it once with network access and "
-        f"HF_HUB_OFFLINE unset (`mace-ase fetch {entry.name}`), or download {_manual_download(entry, revision)} "
+        f"HF_HUB_OFFLINE unset ({_fetch_hint(entry)}), or download {_manual_download(entry, revision)} "
         "and pass the file's path"
     )
 
 
+def _fetch_hint(entry: ModelEntry) -> str:
+    if entry.repo_type == "dataset":
+        return f"a `mace-ase train` run that names '{entry.name}', or mace_ase.weights.fetch_dataset({entry.name!r})"
+    return f"`mace-ase fetch {entry.name}`"
+
+
 def _manual_download(entry: ModelEntry, revision: str | None) -> str:
     rev = revision or entry.revision or "main"
-    url = f"{HUB_URL}/{entry.repo_id}/resolve/{rev}/{entry.filename}"
-    option = f" --revision {rev}" if rev != "main" else ""
+    prefix = "datasets/" if entry.repo_type == "dataset" else ""
+    url = f"{HUB_URL}/{prefix}{entry.repo_id}/resolve/{rev}/{entry.filename}"
+    option = (f" --revision {rev}" if rev != "main" else "") + (" --repo-type dataset" if prefix else "")
     return (
         f"{url} (or `hf download {entry.repo_id} {entry.filename}{option} --local-dir .`; "
         f"older huggingface_hub: `huggingface-cli download ...`)"

@@ -2,7 +2,7 @@
 
 It answers what ``huggingface_hub.hf_hub_download`` asks, the way the Hub does for LFS files:
 
-* ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}`` -> 302 to a storage server (another
+* ``HEAD|GET /{repo_id}/resolve/{revision}/{filename}`` (``/datasets/{repo_id}/...`` for a data set) -> 302 to a storage server (another
   port, so another origin, like the Hub's CDN), with ``X-Repo-Commit``, ``X-Linked-Etag``
   and ``X-Linked-Size``; or 404 with ``X-Error-Code`` RepoNotFound / RevisionNotFound /
   EntryNotFound.
@@ -34,8 +34,9 @@ class LocalHub:
 
     # -------------------------------------------------------------- content
 
-    def add_file(self, repo_id: str, filename: str, data: bytes, revision: str = "main") -> str:
+    def add_file(self, repo_id: str, filename: str, data: bytes, revision: str = "main", repo_type: str = "model") -> str:
         """Commit `data` as `filename` on branch/tag `revision`; returns the new commit hash."""
+        repo_id = f"datasets/{repo_id}" if repo_type == "dataset" else repo_id
         repo = self.repos.setdefault(repo_id, {"revisions": {}, "files": {}})
         previous = repo["files"].get(repo["revisions"].get(revision), {})
         files = {**previous, filename: data}
@@ -95,9 +96,11 @@ class LocalHub:
             def _answer(self, body: bool):
                 hub.requests.append((self.command, self.path))
                 parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                prefix = parts[:1] if parts[:1] == ["datasets"] else []  # data sets live under /datasets/
+                parts = parts[len(prefix):]
                 if len(parts) < 5 or parts[2] != "resolve":
                     return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"")
-                status, headers = hub._resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]))
+                status, headers = hub._resolve("/".join(prefix + parts[:2]), parts[3], "/".join(parts[4:]))
                 self._send(status, headers, b"" if status == 302 else b'{"error": "not found"}', body)
 
             def do_HEAD(self):

@@ -73,7 +73,8 @@ def test_one_training_step_updates_ema_by_the_formula(tmp_path, reference_run):
     steps = trainer.compiled_steps(prep.train_config, trainer.optimizer_settings(s), s.ema_decay)  # compiled by the reference run
     params = prep.init_params
     state = (params, optimizer.init(params), ema_init(params))
-    batch = next(iterate_batches(*prep.train, prep.shape))
+    d = prep.train
+    batch = next(iterate_batches(d.structures, d.energies, d.forces, prep.shape))
     p1, opt_state, ema, _ = steps.train_step(*jax.tree.map(np.array, state), batch, np.float32(40), np.float32(1000))
     p1 = jax.tree.map(np.array, p1)
     p2, _, ema, _ = steps.train_step(jax.tree.map(np.array, p1), opt_state, ema, batch, np.float32(40), np.float32(1000))
@@ -128,7 +129,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatc
     def crashing_replace(src, dst):
         raise Killed
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", crashing_replace)
+    from mace_ase import fileio
+
+    monkeypatch.setattr(fileio.os, "replace", crashing_replace)  # the rename that publishes the new checkpoint
     with pytest.raises(Killed):
         checkpoint_module.save_checkpoint(path, {"w": np.ones((2, 3))}, {"epoch": 5})
     monkeypatch.undo()

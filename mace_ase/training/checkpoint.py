@@ -2,22 +2,22 @@
 
 The file holds the leaves of (params, optimiser state, EMA state) as arrays
 ``leaf_00000 ...`` and a JSON ``meta`` entry (epoch, step, model config, ...).
-It is written to ``<name>.tmp``, flushed to disk, then ``os.replace``d over the
-old checkpoint: a crash at any moment leaves either the old or the new file,
-never half of one. Loading needs a template state of the same structure (the
-trainer builds one from the config), which also checks that the checkpoint
-belongs to this run.
+It is written through :func:`mace_ase.fileio.atomic_writer` (a uniquely named
+temporary file in the same folder, flushed, then renamed over the old checkpoint):
+a crash at any moment leaves either the old or the new file, never half of one.
+Loading needs a template state of the same structure (the trainer builds one from
+the config), which also checks that the checkpoint belongs to this run.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from ..fileio import atomic_writer
 
 
 def save_checkpoint(path, state, meta: dict) -> Path:
@@ -25,12 +25,8 @@ def save_checkpoint(path, state, meta: dict) -> Path:
     leaves = jax.tree.leaves(state)
     arrays = {f"leaf_{k:05d}": np.asarray(leaf) for k, leaf in enumerate(leaves)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_writer(path) as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -13,16 +13,14 @@ file used. Supported inputs:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-KCAL_PER_MOL = 0.0433641  # eV (rMD17 README, the MACE paper's conversion)
-HARTREE = 27.211386245988  # eV (CODATA 2018, as ase.units.Hartree)
-BOHR = 0.529177210903  # Å
+from .errors import MissingLabelError, TrainingDataError
+from .hdf5 import BOHR, HARTREE, KCAL_PER_MOL  # noqa: F401  (units, re-exported)
 
 
 @dataclass
@@ -74,10 +72,10 @@ def read_ase(path, energy_key: str = "energy", forces_key: str = "forces", index
     for k, atoms in enumerate(ase.io.read(str(path), index=index)):
         energy = label(atoms, energy_key, per_atom=False)
         if energy is None:
-            raise KeyError(f"{path}: frame {k} has no energy under '{energy_key}' (set energy_key)")
+            raise MissingLabelError(f"{path}: frame {k} has no energy under '{energy_key}' (set energy_key)")
         forces = label(atoms, forces_key, per_atom=True)
         if forces is None:
-            raise KeyError(f"{path}: frame {k} has no forces under '{forces_key}' (set forces_key)")
+            raise MissingLabelError(f"{path}: frame {k} has no forces under '{forces_key}' (set forces_key)")
         info = {key: value for key, value in atoms.info.items() if isinstance(value, (str, int, float, bool))}
         frames.append(
             Frame(
@@ -105,47 +103,20 @@ def read_rmd17(path, indices: Sequence[int] | None = None) -> list[Frame]:
     return [Frame(numbers.copy(), coords[i], float(energies[i]), forces[i], info={"source": name, "index": int(i)}) for i in indices]
 
 
-def read_hdf5(
-    path,
-    energy_key: str = "wb97x_dz.energy",
-    forces_key: str | None = "wb97x_dz.forces",
-    positions_key: str = "coordinates",
-    numbers_key: str = "atomic_numbers",
-    energy_unit: str = "hartree",
-    length_unit: str = "angstrom",
-    forces_are_gradients: bool = False,
-) -> list[Frame]:
-    """ANI-1x / SPICE-style HDF5: every group holding `numbers_key` is one molecule.
+def read_hdf5(path, energy_key: str | None = None, forces_key: str | None = None, **options) -> list[Frame]:
+    """Every frame of an HDF5 file, in memory (see :mod:`mace_ase.training.hdf5` for streaming).
 
-    ANI-1x: coordinates in Å, energies in Hartree, forces in Hartree/Å (the defaults).
-    SPICE: ``positions_key="conformations"``, ``length_unit="bohr"``,
+    Layouts: SPICE/ANI (one group per molecule, conformers stacked; defaults are ANI-1x's
+    keys in Hartree and Å; SPICE: ``positions_key="conformations"``, ``length_unit="bohr"``,
     ``energy_key="dft_total_energy"``, ``forces_key="dft_total_gradient"``,
-    ``forces_are_gradients=True``. Conformers whose energy is NaN are skipped.
+    ``forces_are_gradients=True``) and mlip's (SPICE2-curated: one group per structure,
+    eV and Å). None keys take the layout's defaults. Conformers whose energy is NaN are
+    skipped; NaN forces, wrong shapes or missing keys are named errors.
     """
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading HDF5 training data needs h5py: pip install h5py (or pip install 'mace-ase[train]')"
-        ) from None
-    energy_scale = {"hartree": HARTREE, "ev": 1.0, "kcal/mol": KCAL_PER_MOL}[energy_unit.lower()]
-    length_scale = {"angstrom": 1.0, "bohr": BOHR}[length_unit.lower()]
-    force_scale = energy_scale / length_scale * (-1.0 if forces_are_gradients else 1.0)
-    frames: list[Frame] = []
-    with h5py.File(path, "r") as f:
-        groups = []
-        f.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group) and numbers_key in obj else None)
-        for name in sorted(groups):
-            g = f[name]
-            numbers = np.asarray(g[numbers_key], int).reshape(-1)
-            coords = np.asarray(g[positions_key], float) * length_scale
-            energies = np.asarray(g[energy_key], float).reshape(-1) * energy_scale
-            forces = np.asarray(g[forces_key], float) * force_scale if forces_key else np.full(coords.shape, np.nan)
-            for k in range(len(energies)):
-                if not math.isfinite(energies[k]):
-                    continue
-                frames.append(Frame(numbers.copy(), coords[k], float(energies[k]), forces[k].reshape(-1, 3),
-                                    info={"group": name, "conformer": k}))
+    from .hdf5 import Hdf5Options, read_all
+
+    frames, _ = read_all(path, Hdf5Options.make(energy_key, forces_key, **options))
+    check_frames(frames, path)
     return frames
 
 
@@ -153,22 +124,57 @@ def read_frames(path, energy_key: str | None = None, forces_key: str | None = No
     """Choose the reader by file suffix: .npz (rMD17), .h5/.hdf5, else ASE."""
     suffix = Path(path).suffix.lower()
     if suffix == ".npz":
-        return read_rmd17(path)
+        frames = read_rmd17(path)
+        check_frames(frames, path)
+        return frames
     if hdf5_options and suffix not in (".h5", ".hdf5"):
         raise ValueError(f"hdf5_options given for {path}, which is not an HDF5 file")
     if suffix in (".h5", ".hdf5"):
-        keys = {}
-        if energy_key:
-            keys["energy_key"] = energy_key
-        if forces_key:
-            keys["forces_key"] = forces_key
-        return read_hdf5(path, **keys, **hdf5_options)
-    return read_ase(path, energy_key or "energy", forces_key or "forces")
+        return read_hdf5(path, energy_key, forces_key, **hdf5_options)
+    frames = read_ase(path, energy_key or "energy", forces_key or "forces")
+    check_frames(frames, path)
+    return frames
+
+
+def check_frames(frames: Sequence[Frame], source) -> None:
+    """Name the first frame that cannot train a model: forces of the wrong shape, NaN or inf labels or positions."""
+    for k, f in enumerate(frames):
+        where = f"{source}: frame {k}" + (f" ({', '.join(f'{a}={b}' for a, b in f.info.items() if a in ('group', 'conformer', 'mol_name', 'index'))})" if f.info else "")
+        n = len(f.numbers)
+        if np.shape(f.positions) != (n, 3):
+            raise TrainingDataError(f"{where}: {n} atoms but positions of shape {np.shape(f.positions)}")
+        if np.shape(f.forces) != (n, 3):
+            raise TrainingDataError(f"{where}: {n} atoms but forces of shape {np.shape(f.forces)} (expected ({n}, 3))")
+        if not np.isfinite(f.energy):
+            raise TrainingDataError(f"{where}: the energy is {f.energy}")
+        if not np.all(np.isfinite(f.forces)):
+            raise TrainingDataError(f"{where}: {int(np.sum(~np.isfinite(f.forces)))} force component(s) are NaN or infinite")
+        if not np.all(np.isfinite(f.positions)):
+            raise TrainingDataError(f"{where}: NaN or infinite positions")
 
 
 # --------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------
+
+
+def split_indices(num_frames: int, valid_fraction: float = 0.1, seed: int = 0, groups: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) frame indices, a permutation fixed by `seed`, each in file order.
+
+    With `groups` (one label per frame, e.g. the molecule) whole groups go to one side.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(num_frames)
+        n_valid = int(round(valid_fraction * num_frames))
+        is_valid = np.zeros(num_frames, bool)
+        is_valid[order[:n_valid]] = True
+    else:
+        labels = np.asarray([str(g) for g in groups])
+        names = sorted(set(labels.tolist()))
+        picked = rng.permutation(len(names))[: max(1, int(round(valid_fraction * len(names))))]
+        is_valid = np.isin(labels, [names[i] for i in picked])
+    return np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
 
 
 def split_frames(
@@ -179,19 +185,11 @@ def split_frames(
     With `group_key` (e.g. ``mol_name``) whole groups go to one side, so the
     validation molecules are never seen in training.
     """
-    rng = np.random.default_rng(seed)
-    if group_key is None:
-        order = rng.permutation(len(frames))
-        n_valid = int(round(valid_fraction * len(frames)))
-        valid = set(order[:n_valid].tolist())
-    else:
+    groups = None
+    if group_key is not None:
         missing = [k for k, f in enumerate(frames) if group_key not in f.info]
         if missing:
-            raise KeyError(f"frame {missing[0]} has no '{group_key}' to split by")
-        groups = sorted({str(f.info[group_key]) for f in frames})
-        picked = rng.permutation(len(groups))[: max(1, int(round(valid_fraction * len(groups))))]
-        chosen = {groups[i] for i in picked}
-        valid = {k for k, f in enumerate(frames) if str(f.info[group_key]) in chosen}
-    train = [f for k, f in enumerate(frames) if k not in valid]
-    validation = [f for k, f in enumerate(frames) if k in valid]
-    return train, validation
+            raise MissingLabelError(f"frame {missing[0]} has no '{group_key}' to split by")
+        groups = [f.info[group_key] for f in frames]
+    train, valid = split_indices(len(frames), valid_fraction, seed, groups)
+    return [frames[k] for k in train], [frames[k] for k in valid]

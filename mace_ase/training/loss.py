@@ -58,6 +58,18 @@ def loss_fn(params, config: MaceConfig, batch: Batch, energy_weight, forces_weig
     return energy_weight * e_mse + forces_weight * f_mse, (e_mse, f_mse)
 
 
+def weighted_sums(params, config: MaceConfig, batch: Batch, energy_weight, forces_weight):
+    """The loss before the division by the number of graphs, and (sum e^2, sum f, graphs).
+
+    Data parallel training adds these over devices and micro-batches, then divides once:
+    the loss of the whole global batch, however its graphs were split.
+    """
+    e_err, f_per_graph, _, _ = errors(params, config, batch)
+    e_sq, f_sum = jnp.sum(e_err**2), jnp.sum(f_per_graph)
+    count = jnp.sum(batch.graph_mask).astype(e_sq.dtype)
+    return energy_weight * e_sq + forces_weight * f_sum, (e_sq, f_sum, count)
+
+
 def error_sums(params, config: MaceConfig, batch: Batch) -> dict:
     """Sums for validation metrics (combine over batches, then divide by the counts)."""
     energy, forces = predict(params, config, batch)

@@ -1,9 +1,11 @@
-"""Per-epoch metrics: a JSON-lines file and a PNG of the curves."""
+"""Per-epoch metrics: a JSON-lines file and a PNG of the curves (both replaced atomically)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..fileio import atomic_save, atomic_write
 
 
 def read_metrics(path) -> list[dict]:
@@ -15,16 +17,15 @@ def read_metrics(path) -> list[dict]:
 
 def write_metrics(path, rows: list[dict]) -> None:
     """Rewrite the whole file (small), atomically."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def plot_metrics(rows: list[dict], path) -> None:
-    # A Figure with its own Agg canvas: pyplot and the user's backend (a notebook's) stay untouched.
+    """Loss and validation errors against the epoch.
+
+    Drawn on a ``Figure`` with the Agg canvas directly: pyplot's global state (and a
+    notebook user's backend) is never touched.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -48,9 +49,4 @@ def plot_metrics(rows: list[dict], path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    import os
-
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))

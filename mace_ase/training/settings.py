@@ -11,11 +11,12 @@ from pathlib import Path
 @dataclass
 class TrainSettings:
     # Data
-    train_file: str = ""
+    train_file: str = ""  # a path, or a registered data set "name:part" (mace_ase.weights.DATASETS), e.g. "spice2-curated:train"
     valid_file: str | None = None  # else a split of train_file
     energy_key: str | None = None  # ASE files: default "energy"; HDF5: default "wb97x_dz.energy"
     forces_key: str | None = None
     hdf5_options: dict | None = None  # e.g. SPICE: {"positions_key": "conformations", "length_unit": "bohr", ...}
+    stream: bool = False  # HDF5 only: read frames from disk by index (data larger than memory)
     valid_fraction: float = 0.1
     group_key: str | None = None  # split whole groups (e.g. "mol_name")
     max_train_frames: int | None = None  # first N after the split (small runs, tests)
@@ -56,6 +57,12 @@ class TrainSettings:
     grad_norm: float = 500.0
     gradient_accumulation_steps: int = 1
     ema_decay: float = 0.99
+    # Devices and data pipeline (how the run executes; a resume may change them)
+    devices: int | None = None  # data parallel over the first N of jax.devices() (None: all of them)
+    micro_batches_per_device: int = 1  # gradients of several micro-batches summed per step (less memory per device)
+    prefetch_batches: int = 2  # batches built ahead by the loader threads
+    loader_threads: int = 2
+    checkpoint_every_steps: int | None = None  # also inside an epoch (long epochs on large data sets)
     # Run
     output_dir: str = "training-run"
     archive_name: str = "model.zip"
@@ -91,11 +98,13 @@ class TrainSettings:
         else:
             d = json.loads(path.read_text())
         d = {k: v for k, v in d.items() if not k.startswith("_")}  # "_comment" keys
-        from ..weights import REGISTRY
+        from ..weights import DATASETS, REGISTRY
 
         for name in ("train_file", "valid_file", "isolated_atoms_file", "init_from", "output_dir", "export_path"):
             if name == "init_from" and d.get(name) in REGISTRY:
                 continue  # a registered model name, not a path
+            if name.endswith("_file") and str(d.get(name)).partition(":")[0] in DATASETS:
+                continue  # a registered data set ("spice2-curated:train"), not a path
             if d.get(name) and not Path(d[name]).is_absolute():
                 d[name] = str((path.parent / d[name]).resolve())
         return cls.from_dict(d)
