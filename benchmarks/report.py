@@ -371,9 +371,9 @@ def mlipaudit_lines(record: dict, table: str) -> list[str]:
     return out + [""]
 
 
-def torch_import_table(directory: Path) -> list[str]:
-    """benchmarks/mace_torch_import.py writes its own Markdown table (latest run) beside its JSON."""
-    path = directory / "mace_torch_import.md"
+def markdown_section(directory: Path, name: str) -> list[str]:
+    """A section a benchmark script keeps beside its JSON (mace_torch_import.md, training_scaling.md)."""
+    path = directory / name
     return [path.read_text().rstrip(), ""] if path.exists() else []
 
 
@@ -407,9 +407,9 @@ def write(runs, directory: Path) -> None:
         if run is None:
             continue
         lines += [f"## {title}", "", f"Runs of {run['date']} (newest row per case).", ""] + table(run) + [""]
-    lines += neb_table(directory) + hessian_table(directory) + torch_import_table(directory) + mlipaudit_table(directory)
+    lines += neb_table(directory) + hessian_table(directory) + markdown_section(directory, "mace_torch_import.md") + mlipaudit_table(directory)
     lines += ["## mace-ase before and after each optimisation", ""] + before_after_table(runs) + [""]
-    lines += md_engines_table(directory)
+    lines += md_engines_table(directory) + markdown_section(directory, "training_scaling.md")
     (directory / "README.md").write_text("\n".join(lines))
     plot(runs, directory / "scaling.png")
 
