@@ -129,6 +129,33 @@ def test_matches_mace_torch_live(name, imported):
         assert_parity(results, live, structures, (name, head, "live"))
 
 
+def test_all_89_elements_of_mace_mp_match_mace_torch_live(tmp_path):
+    """An MP-like model over MACE-MP-0's 89 elements (density normalisation, ZBL, Agnesi), on a
+    periodic cell mixing light, transition-metal, heavy and actinide atoms."""
+    require("torch")
+    torch_reference = require("torch_reference")
+    import torch
+
+    spec = dict(torch_reference.FAMILIES["density_zbl_agnesi"], elements=torch_reference.MP_ELEMENTS,
+                hidden="4x0e+4x1o")
+    path = tmp_path / "mp89.model"
+    torch.save(torch_reference.build("mp89", seed=5, spec=spec), path)
+    model = load_archive(path)
+    assert model.config.atomic_numbers == torch_reference.MP_ELEMENTS
+    rng = np.random.default_rng(7)
+    numbers = [1, 3, 8, 26, 29, 40, 47, 56, 57, 74, 78, 83, 89, 92, 94, 6]
+    grid = np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    positions = np.concatenate([grid, grid + 0.5]) * 2.9 + rng.normal(scale=0.1, size=(16, 3))
+    cell = ase.Atoms(numbers=numbers, positions=positions, cell=np.diag([5.8, 5.8, 5.8]), pbc=True)
+    molecule = ase.Atoms(numbers=[92, 8, 8, 1, 1], positions=[[0, 0, 0], [1.8, 0, 0], [-1.8, 0.1, 0], [2.4, 0.7, 0], [-2.4, 0.8, 0.1]])
+    structures = [molecule, cell]
+    with jax.enable_x64(True):
+        results = predict(model, structures)
+    live = torch_reference.evaluate(torch.load(path, map_location="cpu", weights_only=False), structures)
+    assert min(np.abs(e["forces"]).max() for e in live) > 0.05
+    assert_parity(results, live, structures, "mp89")
+
+
 # ------------------------------------------------------------------ negative controls
 
 

@@ -67,9 +67,13 @@ def default_dtype(dtype):
         torch.set_default_dtype(previous)
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
-    """A random mace-torch model of the family `name` (float64 parameters and buffers)."""
-    spec = FAMILIES[name]
+# MACE-MP-0's 89 elements: H to Bi, then Ac to Pu.
+MP_ELEMENTS = tuple(range(1, 84)) + tuple(range(89, 95))
+
+
+def build(name: str, seed: int = 0, spec: dict | None = None) -> torch.nn.Module:
+    """A random mace-torch model of the family `name` (or of `spec`; float64 parameters and buffers)."""
+    spec = FAMILIES[name] if spec is None else spec
     heads = list(spec.get("heads", ("Default",)))
     elements = list(spec["elements"])
     rng = np.random.default_rng(seed)
