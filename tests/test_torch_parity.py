@@ -156,6 +156,23 @@ def test_all_89_elements_of_mace_mp_match_mace_torch_live(tmp_path):
     assert_parity(results, live, structures, "mp89")
 
 
+def test_a_periodic_box_with_more_than_20k_edges_matches_mace_torch_live():
+    """1,029 atoms of water, 28k edges, float64: large scatters and reductions (where a miscompiling
+    JAX release, such as 0.10.2's jax-ml/jax#39103 above ~16k rows, would show) against mace-torch."""
+    require("torch")
+    torch_reference = require("torch_reference")
+    import torch
+    from conftest import molecules_in_cell
+
+    box = molecules_in_cell([("H2O", 3.1 * (np.array(ijk) + 0.5)) for ijk in np.ndindex(7, 7, 7)], np.eye(3) * 3.1 * 7, seed=4)
+    model = load_archive(GOLDEN / "off_l1.model")
+    assert structure_from_atoms(box, model.config.atomic_numbers, model.cutoff).num_edges > 20_000
+    with jax.enable_x64(True):
+        results = predict(model, [box])
+    live = torch_reference.evaluate(torch.load(GOLDEN / "off_l1.model", map_location="cpu", weights_only=False), [box])
+    assert_parity(results, live, [box], "water box, 1,029 atoms")
+
+
 # ------------------------------------------------------------------ negative controls
 
 
