@@ -189,18 +189,16 @@ def test_nve_water_one_client(setup, jax_cache):
     assert np.ptp(conserved) < 0.02 * np.ptp(properties(run)[:, 2])
 
 
-def test_pimd_two_clients_one_killed(setup, jax_cache):
-    """4 beads, 2 clients; one is killed (SIGKILL) mid-run: i-PI reports it, the other finishes the run.
+class UpstreamRace(Exception):
+    """i-PI 3.3.1's own polling thread died on a reset connection (see the test below)."""
 
-    The victim is almost always killed while computing. Before the client read i-PI's pipelined
-    GETFORCE ahead of computing, that kill reset the connection and i-PI 3.3.1's polling thread
-    died on ConnectionResetError: the run hung (this test failed on that code)."""
-    folder, atoms = setup
-    run = folder / "pimd"
+
+def pimd_with_a_killed_client(folder: Path, jax_cache, steps: int, beads: int) -> Path:
+    run = folder / f"pimd-{uuid.uuid4().hex[:6]}"
     run.mkdir()
     for name in ("init.extxyz", "small.zip"):
         (run / name).symlink_to(folder / name)
-    name, steps, beads = f"mace-test-{uuid.uuid4().hex[:8]}", 12, 4
+    name = f"mace-test-{uuid.uuid4().hex[:8]}"
     (run / "input.xml").write_text(INPUT.format(steps=steps, socket=name, beads=beads, mode="nvt", thermostat=PILE))
     with Processes(run, jax_cache) as processes:
         # Both clients ready before i-PI starts, so that both serve beads from the first step.
@@ -217,8 +215,32 @@ def test_pimd_two_clients_one_killed(setup, jax_cache):
             assert server.poll() is None, (run / "i-pi.log").read_text()[-2000:]
             time.sleep(0.1)
         victim.kill()
-        assert wait_for(survivor, 120, "the surviving client") == 0, (run / "client-a.log").read_text()[-2000:]
+        try:
+            survivor.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            if "ConnectionResetError" in (run / "i-pi.log").read_text():
+                raise UpstreamRace from None
+            pytest.fail("the surviving client did not finish within 120 s")
+        assert survivor.returncode == 0, (run / "client-a.log").read_text()[-2000:]
         assert wait_for(server, 30, "i-PI") == 0
+    return run
+
+
+def test_pimd_two_clients_one_killed(setup, jax_cache):
+    """4 beads, 2 clients; one is killed (SIGKILL) mid-run: i-PI reports it, the other finishes the run.
+
+    The victim is almost always killed while computing. Before the client read i-PI's pipelined
+    GETFORCE ahead of computing, that kill reset the connection and i-PI 3.3.1's polling thread
+    died on ConnectionResetError: the run hung (this test failed on that code). A kill that lands
+    while bytes are still in flight can reset the connection all the same, and i-PI 3.3.1 then
+    hangs on its own (seen once in about five runs): that run is repeated once, and the test
+    fails if it happens twice or if the run hangs for any other reason."""
+    folder, atoms = setup
+    steps, beads = 12, 4
+    try:
+        run = pimd_with_a_killed_client(folder, jax_cache, steps, beads)
+    except UpstreamRace:
+        run = pimd_with_a_killed_client(folder, jax_cache, steps, beads)
     log = (run / "i-pi.log").read_text()
     assert "died or got unresponsive" in log  # reported, and the run went on
     served = int(((run / "client-a.log").read_text().split("after ")[-1]).split()[0])
