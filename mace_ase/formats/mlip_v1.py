@@ -254,6 +254,23 @@ def config_from_mlip(hyperparams: dict):
     )
 
 
+def dataset_info(config) -> dict:
+    """mlip's ``dataset_info`` section (the same in its v1 and v2 archives)."""
+    return {
+        "dataset_name": None,
+        "num_graphs": None,
+        "atomic_energies_map": {str(z): e for z, e in zip(config.atomic_numbers, config.atomic_energies)},
+        "total_charge_set": None,
+        "graph_cutoff_angstrom": config.cutoff,
+        "long_range_cutoff_angstrom": None,
+        "avg_num_neighbors": config.avg_num_neighbors,
+        "avg_r_min_angstrom": config.avg_r_min,
+        "scaling_mean": config.scaling_mean,
+        "scaling_stdev": config.scaling_std,
+        "atomic_energies_removed": False,
+    }
+
+
 def config_to_mlip(config) -> dict:
     """MaceConfig -> the ``config`` and ``dataset_info`` sections mlip expects."""
     if config.activation_scale is not None:
@@ -287,19 +304,7 @@ def config_to_mlip(config) -> dict:
             "species_embedding_dim": None,
             "deterministic_scatter_ops": False,
         },
-        "dataset_info": {
-            "dataset_name": None,
-            "num_graphs": None,
-            "atomic_energies_map": {str(z): e for z, e in zip(config.atomic_numbers, config.atomic_energies)},
-            "total_charge_set": None,
-            "graph_cutoff_angstrom": config.cutoff,
-            "long_range_cutoff_angstrom": None,
-            "avg_num_neighbors": config.avg_num_neighbors,
-            "avg_r_min_angstrom": config.avg_r_min,
-            "scaling_mean": config.scaling_mean,
-            "scaling_stdev": config.scaling_std,
-            "atomic_energies_removed": False,
-        },
+        "dataset_info": dataset_info(config),
         "available_properties": {"energy": True, "forces": True, "partial_charges": False, "hessian": False, "stress": True},
     }
 
@@ -407,15 +412,12 @@ def read(path: str | os.PathLike):
 
 def write(model, path: str | os.PathLike) -> Path:
     """Write `model` so that both mace-ase and ``mlip.models.model_io`` load it (atomic replace)."""
-    from ..fileio import atomic_save
-
     problems = unexpressible(model.config)
     if problems:
         raise UnsupportedConfigError(f"mlip v1 archives cannot hold {', '.join(problems)}")
     hyperparams = config_to_mlip(model.config)
     hyperparams["version"] = MLIP_VERSION_WRITTEN
-    buffer = io.BytesIO()
-    np.savez(buffer, **params_to_flat(model.config, flip_edge_vector(model.config, model.params)))
+    flat = params_to_flat(model.config, flip_edge_vector(model.config, model.params))
     metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", CONFIG_KEY)}
     stored = {}
     if model.config.radial_mlp_hidden != MLIP_RADIAL_MLP_HIDDEN:
@@ -425,6 +427,15 @@ def write(model, path: str | os.PathLike) -> Path:
         stored["radial_scale"] = model.config.radial_scale  # fixed once, see MaceConfig
     if stored:
         metadata[CONFIG_KEY] = stored
+    return write_members(path, hyperparams, flat, metadata)
+
+
+def write_members(path: str | os.PathLike, hyperparams: dict, flat: dict[str, np.ndarray], metadata: dict) -> Path:
+    """The zip ``read_members`` reads (hyperparams.json, params.npz, mace_ase.json), replaced atomically."""
+    from ..fileio import atomic_save
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
 
     def write_zip(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -173,20 +173,10 @@ def config_from_mlip_v2(hyperparams: dict) -> tuple[MaceConfig, str]:
 
 def config_to_mlip_v2(config: MaceConfig, backend: str) -> dict:
     """The ``config``, ``dataset_info`` and ``available_properties`` sections mlip's v2 loader expects."""
+    from .mlip_v1 import dataset_info
+
     return {
-        "dataset_info": {
-            "dataset_name": None,
-            "num_graphs": None,
-            "atomic_energies_map": {str(z): e for z, e in zip(config.atomic_numbers, config.atomic_energies)},
-            "total_charge_set": None,
-            "graph_cutoff_angstrom": config.cutoff,
-            "long_range_cutoff_angstrom": None,
-            "avg_num_neighbors": config.avg_num_neighbors,
-            "avg_r_min_angstrom": config.avg_r_min,
-            "scaling_mean": config.scaling_mean,
-            "scaling_stdev": config.scaling_std,
-            "atomic_energies_removed": False,
-        },
+        "dataset_info": dataset_info(config),
         "config": {
             **_DEFAULTS,
             "num_layers": config.num_layers,
@@ -663,26 +653,11 @@ def read(path):
 
 def write(model, path, backend: str = "e3j"):
     """Write `model` as an mlip v2 archive (atomic replace); refuses what v2 cannot express, by name."""
-    import io
-    import json
-    import zipfile
-
-    from ..fileio import atomic_save
-    from .mlip_v1 import CONFIG_KEY, HYPERPARAMS, METADATA, PARAMS
+    from .mlip_v1 import CONFIG_KEY, write_members
 
     hyperparams, flat = mlip_v2_from_model(model, backend)
     metadata = {k: v for k, v in model.metadata.items() if k not in ("mlip_version", "mlip_model", CONFIG_KEY)}
     if model.config.avg_r_min is not None:
         # mlip recomputes it from avg_r_min (same definition); mace-ase reads back this value.
         metadata[CONFIG_KEY] = {"radial_scale": model.config.radial_scale}
-    buffer = io.BytesIO()
-    np.savez(buffer, **flat)
-
-    def write_zip(tmp):
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(HYPERPARAMS, json.dumps(hyperparams))
-            archive.writestr(PARAMS, buffer.getvalue())
-            if metadata:
-                archive.writestr(METADATA, json.dumps(metadata, indent=1))
-
-    return atomic_save(path, write_zip)
+    return write_members(path, hyperparams, flat, metadata)
