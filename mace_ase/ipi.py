@@ -8,15 +8,20 @@ ASE's ``SocketClient`` around a ``MaceCalculator``:
 
 It waits for the server to open its socket, exits when i-PI sends EXIT (the end
 of the run), and when the connection drops without EXIT (i-PI stopped, to be
-restarted from its checkpoint) it waits for the server to come back.
+restarted from its checkpoint) it waits for the server to come back. A client
+that is killed, even with SIGKILL, leaves i-PI a connection that closed cleanly
+(a small guard process, mace_ase/ipi_guard.py, sees to it), which i-PI reports
+and carries on without.
 """
 
 from __future__ import annotations
 
-import select
+import os
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -24,6 +29,7 @@ import numpy as np
 from .errors import MaceAseError
 
 DEFAULT_PORT = 31415  # i-PI's and ASE's default
+GUARD_WAIT = 5.0  # seconds close() waits for the guard to close the connection
 
 
 class IPIConnectionError(MaceAseError, ConnectionError):
@@ -54,37 +60,48 @@ def describe(host: str, port: int | None, unixsocket: str | None) -> str:
     return f"{host}:{port}"
 
 
+def start_guard(connection: socket.socket) -> tuple[subprocess.Popen, int]:
+    """A small process that closes `connection` cleanly once this one is gone (see mace_ase/ipi_guard.py).
+
+    Returns the process and the write end of its lifeline pipe: closing that end (or dying) lets it close.
+    """
+    lifeline_read, lifeline_write = os.pipe()
+    guard = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(Path(__file__).with_name("ipi_guard.py")),
+         str(connection.fileno()), str(lifeline_read)],
+        pass_fds=(connection.fileno(), lifeline_read), stdin=subprocess.DEVNULL,
+        # Its own session: a kill aimed at the client's process group does not take it along.
+        start_new_session=True,
+    )
+    os.close(lifeline_read)
+    return guard, lifeline_write
+
+
 def _client_class():
     from ase.calculators.socketio import SocketClient, SocketClosed
 
     class Client(SocketClient):
-        """ASE's client, told apart: EXIT from the server, or a connection that just closed."""
+        """ASE's client, told apart: EXIT from the server, or a connection that just closed.
+
+        A guard process shares the connection: a client killed with bytes from i-PI still unread would
+        reset the connection, and i-PI 3.3.1's polling thread dies on a reset (the run hangs); the
+        guard reads those bytes, so i-PI sees the connection close, reports it and carries on.
+        """
 
         def __init__(self, *args, natoms: int, **kwargs):
             super().__init__(*args, **kwargs)
             self.exit_received = False
             self.evaluations = 0
+            self.guard, self.lifeline = start_guard(self.protocol.socket)
             protocol, recvmsg, recvposdata = self.protocol, self.protocol.recvmsg, self.protocol.recvposdata
-            read_ahead: list[str] = []
 
             def watched_recvmsg():
                 try:
-                    message = read_ahead.pop(0) if read_ahead else recvmsg()
+                    message = recvmsg()
                 except (SocketClosed, ConnectionError):
                     raise SocketClosed from None
                 self.exit_received |= message == "EXIT"
                 return message
-
-            def take_pipelined_requests():
-                # i-PI sends GETFORCE right behind POSDATA. Left unread while we compute, it makes a
-                # client killed meanwhile reset the connection instead of closing it, and i-PI 3.3's
-                # polling thread dies on that reset (the run hangs). Read now, a killed client is
-                # an ordinary disconnection, which i-PI reports and recovers from.
-                while select.select([protocol.socket], [], [], 0)[0]:
-                    head = protocol.socket.recv(12, socket.MSG_PEEK)
-                    if len(head) < 12 or head.rstrip() not in (b"GETFORCE", b"STATUS"):
-                        return
-                    read_ahead.append(recvmsg())
 
             def checked_recvposdata():
                 cell, icell, positions = recvposdata()
@@ -94,10 +111,19 @@ def _client_class():
                         "give the client the system i-PI runs (--structure)"
                     )
                 self.evaluations += 1
-                take_pipelined_requests()
                 return cell, icell, positions
 
             protocol.recvmsg, protocol.recvposdata = watched_recvmsg, checked_recvposdata
+
+        def close(self):
+            super().close()
+            if self.lifeline is not None:
+                os.close(self.lifeline)  # the guard closes the connection now
+                self.lifeline = None
+                try:
+                    self.guard.wait(timeout=GUARD_WAIT)
+                except subprocess.TimeoutExpired:
+                    pass  # TCP, i-PI has not closed its end yet: the guard finishes on its own
 
     return Client
 
