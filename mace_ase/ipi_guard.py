@@ -8,9 +8,9 @@ end only the client holds: the pipe reads end-of-file when the client closes it 
 Why: a socket closed with unread bytes is reset (ECONNRESET at the peer) instead of closed, and
 i-PI 3.3.1's polling thread dies on that reset, which hangs the whole run. A killed client cannot
 read what i-PI sends it: i-PI dispatches the next POSDATA + GETFORCE as soon as the client said
-READY, and a SIGKILLed JAX process takes tens to hundreds of milliseconds to free its memory
-before the kernel closes its files. This process reads those bytes, so i-PI sees an ordinary
-end-of-file, which it reports ("died or got unresponsive") and recovers from.
+READY, and a SIGKILLed JAX process keeps its files open for tens to hundreds of milliseconds
+(35-335 ms measured) while the kernel tears it down. This process reads those bytes, so i-PI
+sees an ordinary end-of-file, which it reports ("died or got unresponsive") and recovers from.
 """
 
 import os
