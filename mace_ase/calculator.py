@@ -18,6 +18,8 @@ How a call reaches the model:
     runs the model.
   * JAX's persistent compilation cache is on by default (``mace_ase.compilation_cache``):
     a second process loads compiled programs from disk.
+  * Memory that reading the model and each compilation freed goes back to the operating
+    system (``mace_ase.heap``): the program's buffers do not come on top of it.
 
 One calculator may be shared between threads: every entry point holds a lock (calls
 run one at a time).
@@ -44,6 +46,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import compilation_cache as _compilation_cache
 from .errors import InvalidOptionError, InvalidStructureError, MaceAseError, StressNotAvailableError, StructureTooLargeError
+from .heap import release_freed_memory
 from .model import energy_forces_stress, node_energies, node_features
 from .model.graph import Graph
 from .neighbours import (
@@ -191,6 +194,7 @@ class MaceCalculator(Calculator):
         self._lock = threading.RLock()
         with self._precision():
             self.params = jax.device_put(jax.tree.map(self._cast, self.model.params))
+        release_freed_memory()  # what reading the model file freed
         self._bodies = {
             "energy_forces": self._energy_forces(False),
             "energy_forces_stress": self._energy_forces(True),
@@ -277,6 +281,7 @@ class MaceCalculator(Calculator):
                     kind, key[1], key[2], key[3], np.dtype(self.dtype).name, self.compile_count)
         with self._precision():
             program = jax.jit(traced).lower(self.params, graph, *extra).compile()
+        release_freed_memory()  # what compiling freed, before the program's buffers come on top
         self.timings["compile"] += time.perf_counter() - start
         self._executables[key] = program
         while len(self._executables) > self.max_executables:
