@@ -71,6 +71,10 @@ class MaceAseGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        if args is None:  # the real command line, not an in-process call (click's test runner)
+            from .train import restart_with_training_tunables
+
+            restart_with_training_tunables(sys.argv[1:])
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as error:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import require, shared_data
+from mace_ase.heap import TRAINING_TUNABLES, training_tunables_missing
 from mace_ase.training import TrainSettings, train
 from mace_ase.training import checkpoint as checkpoint_module
 from mace_ase.training.metrics import read_metrics
@@ -221,8 +222,31 @@ def test_cli_train_with_a_config_file(tmp_path, reference_run):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli-run" / "tiny.zip").exists()
     assert "wrote" in result.output and "force MAE" in result.output
+    # In-process (this is not `mace-ase train` starting), so glibc's default heap: train() says how to do better.
+    assert ("note: on the CPU, start Python with GLIBC_TUNABLES" in result.output) == training_tunables_missing()
     bad = CliRunner().invoke(main, ["train", "--config", str(path), "--set", "no_such_option=1"])
     assert bad.exit_code != 0 and "no_such_option" in bad.output
+
+
+def test_the_train_command_starts_with_the_training_heap(tmp_path):
+    """`mace-ase train` re-executes itself with glibc's huge-page heap, unless the user chose a malloc tunable."""
+    import json
+    import subprocess
+    import sys
+
+    config = settings(tmp_path, "cli").to_dict()
+    config.update(epochs=1, max_train_frames=8)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    for run, own, heap in (("default", None, TRAINING_TUNABLES), ("own", "glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0")):
+        command = [sys.executable, "-m", "mace_ase.cli", "train", "--config", str(path), "--quiet", "--output-dir", str(tmp_path / run)]
+        done = subprocess.run(command, env=env if own is None else {**env, "GLIBC_TUNABLES": own},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"C heap: GLIBC_TUNABLES={heap}\n" in done.stdout and "note:" not in done.stdout, done.stdout
 
 
 def test_toml_config(tmp_path):
