@@ -1,20 +1,24 @@
 """Training beyond one device, measured on this machine: throughput on 1 and 2 devices against mlip, and
 the streaming reader's host memory against the data set's size.
 
-    python benchmarks/training_scaling.py                  # both parts (~10 min on 2 cores)
+    python benchmarks/training_scaling.py                  # both parts (~40 min on 2 cores)
     python benchmarks/training_scaling.py --only memory
 
 Throughput: the mace-organics card's architecture and batch (64 graphs of rMD17 aspirin, float32,
-the card's loss weights, optimiser and EMA), each row in its own process, side by side in one run:
+the card's loss weights, optimiser and EMA), each row in its own process, side by side in one run,
+the whole set repeated ``--rounds`` times (rows interleaved, medians over rounds):
 
-* mace-ase, 1 device and 2 devices: the real ``mace_ase.training.train()`` on the card config
+* mace-ase: the real ``mace_ase.training.train()`` on the card config
   (``weights/mace-organics-card.toml``) with the data streamed from an HDF5 file in mlip's layout.
-  Both processes see two CPU devices (``--xla_force_host_platform_device_count=2``); the 1-device
-  row trains on the first. The step time is the wall time between consecutive steps (the
-  progress callback, after the loss is on the host), median over the steps after the compiling
-  first; ``data_wait_s`` is the time the step loop waited for the loader's batches.
+  The step time is the wall time between consecutive steps (the progress callback, after the
+  loss is on the host), median over the steps after the compiling first; ``data_wait_s`` is the
+  time the step loop waited for the loader's batches. Rows: 1 device as a Python script starts
+  (glibc's default heap); 1 device as ``mace-ase train`` starts (``GLIBC_TUNABLES`` =
+  ``mace_ase.heap.TRAINING_TUNABLES``); 2 CPU devices (``--xla_force_host_platform_device_count=2``)
+  with the same heap.
 * mlip: ``training_step.worker_training("mlip")``, the same loss over mlip's predictor with mlip's
-  own optimiser and EMA, on the same 64 frames in one batch.
+  own optimiser and EMA, on the same 64 frames in one batch; with glibc's default heap (as mlip
+  runs) and with the same tunables, for the like-for-like ratio.
 
 Two CPU devices share the same 2 cores here, so no speed-up is expected: the 2-device row
 measures what the sharded step (shard_map, psum of the gradients) costs on the same cores.
@@ -43,8 +47,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(REPO))
+from mace_ase.heap import with_training_tunables  # noqa: E402  (light: no JAX)
+
 KCAL_PER_MOL = 0.0433641  # eV
 STEPS = 6  # optimiser steps per mace-ase run (the first compiles)
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 BATCH = 64
 
 MACE_ASE = """
@@ -102,11 +110,12 @@ SPICE = dict(energy_key="dft_total_energy", forces_key="dft_total_gradient",
              hdf5_options={"positions_key": "conformations", "length_unit": "bohr", "forces_are_gradients": True})
 
 
-def environment(**extra) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "OMP_NUM_THREADS": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def environment(tunables: bool = False, **extra) -> dict:
+    """A worker's environment: CPU, 2 threads; glibc's default heap, or the one `mace-ase train` starts with."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "2", "XLA_FLAGS": ""})
     env.update(extra)
-    return env
+    return with_training_tunables(env) if tunables else env
 
 
 def run_json(code: str, *args, env: dict) -> dict:
@@ -137,23 +146,33 @@ def aspirin_files(folder: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def throughput(folder: Path) -> list[dict]:
+# (row, implementation, devices, glibc tunables, XLA_FLAGS)
+ROWS = (("mace-ase, 1 device", "mace-ase", 1, False, ""),
+        ("mace-ase, 1 device, mace-ase train's heap", "mace-ase", 1, True, ""),
+        ("mace-ase, 2 devices, mace-ase train's heap", "mace-ase", 2, True, TWO_DEVICES),
+        ("mlip, 1 device", "mlip", 1, False, ""),
+        ("mlip, 1 device, mace-ase train's heap", "mlip", 1, True, ""))
+
+
+def throughput(folder: Path, rounds: int) -> list[dict]:
     train_file, valid_file = aspirin_files(folder)
     rows = []
-    for name, devices in (("mace-ase, 1 device", 1), ("mace-ase, 2 devices", None)):
-        overrides = dict(train_file=str(train_file), valid_file=str(valid_file), epochs=1, edges_per_graph=310,  # aspirin at 5 Å: 303 on average; every batch of 64 fits (mlip row: 304)
-                         output_dir=str(folder / name.replace(" ", "").replace(",", "-")), devices=devices)
-        out = run_json(MACE_ASE, json.dumps({"card": str(REPO / "weights" / "mace-organics-card.toml"), "overrides": overrides}),
-                       env=environment())
-        rows.append({"row": name, **out})
-        print(rows[-1], flush=True)
-    out = run_json(MLIP, folder, HERE, env=environment(XLA_FLAGS=""))
-    rows.append({"row": "mlip, 1 device", "devices": 1, **out})
-    print(rows[-1], flush=True)
-    for row in rows:
-        if row.get("status") == "ok":
-            row["frames_per_s"] = BATCH / row["median_step_s"]
-            row["frames_per_s_per_device"] = row["frames_per_s"] / row["devices"]
+    for round_ in range(rounds):
+        for name, impl, devices, tunables, xla_flags in ROWS:
+            env = environment(tunables, XLA_FLAGS=xla_flags)
+            if impl == "mlip":
+                out = run_json(MLIP, folder, HERE, env=env)
+            else:
+                overrides = dict(train_file=str(train_file), valid_file=str(valid_file), epochs=1,
+                                 edges_per_graph=310,  # aspirin at 5 Å: 303 on average; every batch of 64 fits (mlip row: 304)
+                                 output_dir=str(folder / f"run{len(rows)}"), devices=devices)
+                out = run_json(MACE_ASE, json.dumps({"card": str(REPO / "weights" / "mace-organics-card.toml"), "overrides": overrides}),
+                               env=env)
+            rows.append({"row": name, "round": round_, "glibc_tunables": env.get("GLIBC_TUNABLES"), "xla_flags": xla_flags,
+                         "devices": devices, **out, "load_after": os.getloadavg()[0]})
+            if out.get("status") == "ok":
+                rows[-1]["frames_per_s"] = BATCH / out["median_step_s"]
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -193,33 +212,54 @@ def memory(folder: Path, sizes=(500, 2000, 8000)) -> list[dict]:
 
 
 def summarize(result: dict) -> dict:
-    """Ratios of the throughput rows: mace-ase per device against mlip, the sharded step's cost, the loader's share."""
-    rows = {r["row"]: r for r in result.get("throughput", []) if r.get("status") == "ok"}
-    one, two, mlip = rows.get("mace-ase, 1 device"), rows.get("mace-ase, 2 devices"), rows.get("mlip, 1 device")
-    summary = {}
-    if one and mlip:
-        summary["mace_ase_over_mlip_per_device"] = one["frames_per_s"] / mlip["frames_per_s"]
-    if one and two:
-        summary["sharded_step_cost"] = two["median_step_s"] / one["median_step_s"] - 1
+    """Medians over rounds per row; ratios: mace-ase against mlip per device, the sharded step's cost, the loader's share."""
+    by_row = {}
+    for r in result.get("throughput", []):
+        if r.get("status") == "ok":
+            by_row.setdefault(r["row"], []).append(r)
+    step = {name: statistics.median(r["median_step_s"] for r in rows) for name, rows in by_row.items()}
+    summary = {"median_step_s": step, "rounds": {name: len(rows) for name, rows in by_row.items()}}
+
+    def ratio(ours, theirs):  # throughput per device: one device each
+        if ours in step and theirs in step:
+            return step[theirs] / step[ours]
+
+    heap = ", mace-ase train's heap"
+    summary["mace_ase_over_mlip_per_device"] = {
+        "mace-ase train against mlip as each starts": ratio("mace-ase, 1 device" + heap, "mlip, 1 device"),
+        "both with glibc's default heap": ratio("mace-ase, 1 device", "mlip, 1 device"),
+        "both with mace-ase train's heap": ratio("mace-ase, 1 device" + heap, "mlip, 1 device" + heap),
+    }
+    summary["heap_speed_up"] = {"mace-ase": ratio("mace-ase, 1 device" + heap, "mace-ase, 1 device"),
+                                "mlip": ratio("mlip, 1 device" + heap, "mlip, 1 device")}
+    one, two = "mace-ase, 1 device" + heap, "mace-ase, 2 devices" + heap
+    if one in step and two in step:
+        summary["sharded_step_cost"] = step[two] / step[one] - 1
         # data_wait_s also holds the wait for the first batch, before any step: an upper bound of the loader's share.
-        summary["data_wait_share_of_steps_at_most"] = {name: r["data_wait_s"] / (r["steps"] * r["median_step_s"])
-                                                       for name, r in (("1 device", one), ("2 devices", two))}
+        summary["data_wait_share_of_steps_at_most"] = {
+            name: max(r["data_wait_s"] / (r["steps"] * r["median_step_s"]) for r in by_row[name]) for name in (one, two)}
     return summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="throughput,memory")
+    parser.add_argument("--rounds", type=int, default=2, help="repetitions of the throughput rows (interleaved)")
     parser.add_argument("--output", default=str(RESULTS / "training_scaling.json"))
     args = parser.parse_args(argv)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         if "throughput" in args.only:
-            result["throughput"] = throughput(Path(tmp))
+            result["throughput"] = throughput(Path(tmp), args.rounds)
         if "memory" in args.only:
             result["memory"] = memory(Path(tmp))
     result["load_after"] = os.getloadavg()
+    previous = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
+    for part in ("throughput", "memory"):
+        if part not in result and part in previous:  # a part not rerun keeps its last measurement, with its date
+            result[part] = previous[part]
+            result[f"{part}_date"] = previous.get(f"{part}_date", previous.get("date"))
     summary = result["summary"] = summarize(result)
     print(json.dumps(summary, indent=1))
     Path(args.output).write_text(json.dumps(result, indent=1))
