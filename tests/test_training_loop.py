@@ -222,6 +222,7 @@ def test_cli_train_with_a_config_file(tmp_path, reference_run):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli-run" / "tiny.zip").exists()
     assert "wrote" in result.output and "force MAE" in result.output
+    assert "capacity used: nodes 88%" in result.output  # 21-atom aspirin in 24-node graph slots
     # In-process (this is not `mace-ase train` starting), so glibc's default heap: train() says how to do better.
     assert ("note: on the CPU, start Python with GLIBC_TUNABLES" in result.output) == training_tunables_missing()
     bad = CliRunner().invoke(main, ["train", "--config", str(path), "--set", "no_such_option=1"])
