@@ -47,6 +47,15 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def subprocess_env(cache, **extra):
+    """A JAX subprocess on the CPU with a persistent compilation cache in `cache`: processes sharing it compile each program once."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
 def require(module: str):
     """Import a test oracle (mlip, mace-torch, h5py ...); its absence fails the test by name."""
     try:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import require, shared_data
+from conftest import require, shared_data, subprocess_env
 from mace_ase.heap import TRAINING_TUNABLES, training_tunables_missing
 from mace_ase.training import TrainSettings, train
 from mace_ase.training import checkpoint as checkpoint_module
@@ -239,9 +239,8 @@ def test_the_train_command_starts_with_the_training_heap(tmp_path):
     config.update(epochs=1, max_train_frames=8)
     path = tmp_path / "train.json"
     path.write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = subprocess_env(tmp_path / "jax-cache")
+    env.pop("GLIBC_TUNABLES", None)
     for run, own, heap in (("default", None, TRAINING_TUNABLES), ("own", "glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0")):
         command = [sys.executable, "-m", "mace_ase.cli", "train", "--config", str(path), "--quiet", "--output-dir", str(tmp_path / run)]
         done = subprocess.run(command, env=env if own is None else {**env, "GLIBC_TUNABLES": own},

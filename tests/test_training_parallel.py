@@ -20,7 +20,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import REPO, require, shared_data
+from conftest import require, shared_data, subprocess_env
 
 TINY = dict(num_layers=1, num_channels=4, l_max=1, node_symmetry=1, correlation=1, readout_irreps=["4x0e", "0e"],
             num_bessel=4, radial_mlp_hidden=[8])
@@ -45,15 +45,6 @@ def settings_dict(data, output_dir, **changes):
              edges_per_graph=420, epochs=1, warmup_steps=1, seed=3, dtype="float64", output_dir=str(output_dir), **TINY)
     d.update(changes)
     return d
-
-
-def subprocess_env(cache, **extra):
-    """The subprocesses share JAX's persistent compilation cache: each program compiles once in this module."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
 
 
 def max_relative_difference(a_leaves, b_leaves) -> float:

@@ -381,11 +381,12 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool, accept_
     log(f"capacity used: nodes {nodes / prep.shape.nodes_per_graph:.0%}, edges {edges / prep.shape.edges_per_graph:.0%} "
         f"(per frame {nodes:.1f} atoms and {edges:.0f} edges on average; nodes_per_graph {prep.shape.nodes_per_graph}, "
         f"edges_per_graph {prep.shape.edges_per_graph})")
-    if layout.devices[0].platform == "cpu" and training_tunables_missing():
-        log(f"note: on the CPU, start Python with GLIBC_TUNABLES={TRAINING_TUNABLES} for faster steps (huge pages for "
-            "XLA's temporaries: 1.6x on the card's step on 2 cores; `mace-ase train` does it itself)")
-    elif layout.devices[0].platform == "cpu" and "GLIBC_TUNABLES" in os.environ:
-        log(f"C heap: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
+    if layout.devices[0].platform == "cpu":
+        if training_tunables_missing():
+            log(f"note: on the CPU, start Python with GLIBC_TUNABLES={TRAINING_TUNABLES} for faster steps (huge pages for "
+                "XLA's temporaries: 1.6x on the card's step on 2 cores; `mace-ase train` does it itself)")
+        elif "GLIBC_TUNABLES" in os.environ:
+            log(f"C heap: GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
 
     steps = compiled_steps(prep.train_config, opt, s.ema_decay, layout if layout.sharded else None)
     put = functools.partial(replicate, layout=layout) if layout.sharded else (lambda tree: jax.tree.map(jnp.asarray, tree))
@@ -480,7 +481,6 @@ def _train(s: TrainSettings, resume: bool, progress, log, primary: bool, accept_
         "frames_read": getattr(prep.train, "frames_read", None),  # streamed data: by this process
         "devices": len(layout.devices),
         "micro_batches": layout.micro_batches,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
 
 
